@@ -1,0 +1,148 @@
+"""The decoder: embeddings -> N x (attention, feed-forward) -> norm -> logits.
+
+Reads like the Llama/Mistral papers; every step is one kernel call over
+preallocated buffers, so a decoded token allocates nothing but its logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import CpuinferError
+from .kernels.attention import attention, attention_items
+from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
+from .kv_cache import RollingKVCache
+from .linear import embed, matmul
+from .parallel import Workers
+from .moe import ExpertStats, moe_feed_forward
+from .weights import Layer, Weights
+
+# Prompt tokens per forward chunk: large enough for BLAS to run near its peak,
+# small enough that Ctrl-C and progress reports come back within a second or so.
+DEFAULT_BATCH = 64
+TILE_FLOATS = 1 << 21  # 8 MiB of dequantized weights at a time, shared by the workers
+
+
+@dataclass
+class Scratch:
+    """Activation buffers for up to `batch` tokens, allocated once."""
+
+    x: np.ndarray  # residual stream [B, dim]
+    h: np.ndarray  # normalized input of a block [B, dim]
+    q: np.ndarray  # [B, heads * head_dim]
+    k: np.ndarray  # [B, kv_heads * head_dim]
+    v: np.ndarray
+    attn: np.ndarray  # attention output before wo [B, heads * head_dim]
+    o: np.ndarray  # block output [B, dim]
+    gate: np.ndarray  # [B, ffn]
+    up: np.ndarray
+    down: np.ndarray  # one expert's output [B, dim]
+    router: np.ndarray  # [B, n_experts]
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, batch: int) -> "Scratch":
+        def buf(n: int) -> np.ndarray:
+            return np.zeros((batch, n), dtype=np.float32)
+
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        return cls(buf(cfg.dim), buf(cfg.dim), buf(q_dim), buf(kv_dim), buf(kv_dim), buf(q_dim),
+                   buf(cfg.dim), buf(cfg.ffn_dim), buf(cfg.ffn_dim), buf(cfg.dim), buf(max(cfg.n_experts, 1)))
+
+
+class Transformer:
+    """Forward pass of a Llama-family decoder with a rolling KV cache."""
+
+    def __init__(self, config: ModelConfig, weights: Weights, n_ctx: int, threads: int,
+                 batch: int = DEFAULT_BATCH):
+        self.config = config
+        self.weights = weights
+        self.cache = RollingKVCache(config, n_ctx)
+        self.batch = max(1, min(batch, self.cache.size))
+        self.scratch = Scratch.allocate(config, self.batch)
+        self.workers = Workers(threads, TILE_FLOATS // threads)
+        self.expert_stats = ExpertStats(config.n_layers, config.n_experts) if config.is_moe else None
+
+    @property
+    def pos(self) -> int:
+        """Number of positions processed since the last reset."""
+        return self.cache.pos
+
+    def reset(self) -> None:
+        """Empty the cache: the next token is at position 0."""
+        self.cache.reset()
+        if self.expert_stats is not None:
+            self.expert_stats.forget_sequence()
+
+    def forward(self, ids, all_logits: bool = True, on_chunk=None) -> np.ndarray:
+        """Run `ids` after the cached positions; return logits [len(ids), vocab] (or [1, vocab]
+        for the last token only). `on_chunk(done, total)` is called after each prompt chunk."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise CpuinferError("forward() needs at least one token")
+        bad = (ids < 0) | (ids >= self.config.n_vocab)
+        if bad.any():
+            raise CpuinferError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        self.cache.check_room(ids.size)
+        outputs = []
+        for start in range(0, ids.size, self.batch):
+            chunk = ids[start:start + self.batch]
+            last = start + chunk.size == ids.size
+            if all_logits or last:
+                outputs.append(self._forward_chunk(chunk, all_logits))
+            else:
+                self._forward_chunk(chunk, None)
+            if on_chunk is not None:
+                on_chunk(start + chunk.size, ids.size)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _forward_chunk(self, ids: np.ndarray, all_logits: bool | None) -> np.ndarray | None:
+        cfg, w, s = self.config, self.weights, self.scratch
+        T = ids.size
+        x = s.x[:T]
+        embed(w.tok_embd, ids, x)
+        cos, sin = rope_tables(np.arange(self.cache.pos, self.cache.pos + T), cfg.rope_dim, cfg.rope_theta)
+        for i, layer in enumerate(w.layers):
+            x += self._attention(i, layer, x, cos, sin)
+            x += self._feed_forward(i, layer, x)
+        self.cache.advance(T)
+        if all_logits is None:
+            return None
+        rows = x if all_logits else x[-1:]
+        h = s.h[:rows.shape[0]]
+        rms_norm(rows, w.out_norm, cfg.norm_eps, h)
+        logits = np.empty((rows.shape[0], cfg.n_vocab), dtype=np.float32)
+        return matmul(w.output, h, logits, self.workers)
+
+    def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        cfg, s, cache = self.config, self.scratch, self.cache
+        T = x.shape[0]
+        h = s.h[:T]
+        rms_norm(x, layer.attn_norm, cfg.norm_eps, h)
+        q = matmul(layer.wq, h, s.q[:T], self.workers).reshape(T, cfg.n_heads, cfg.head_dim)
+        k = matmul(layer.wk, h, s.k[:T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = matmul(layer.wv, h, s.v[:T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        rope(q, cos, sin)
+        rope(k, cos, sin)
+        out = s.attn[:T]
+        args = (q, k, v, cache.k[i], cache.v[i], cache.pos, cache.window, out.reshape(T, cfg.n_heads, cfg.head_dim))
+        if T == 1:
+            attention(*args)
+        else:
+            self.workers.run(lambda _, start, stop: attention_items(*args, start, stop), T * cfg.n_kv_heads)
+        cache.store(i, k, v)
+        return matmul(layer.wo, out, s.o[:T], self.workers)
+
+    def _feed_forward(self, i: int, layer: Layer, x: np.ndarray) -> np.ndarray:
+        cfg, s = self.config, self.scratch
+        T = x.shape[0]
+        h = s.h[:T]
+        rms_norm(x, layer.ffn_norm, cfg.norm_eps, h)
+        if layer.ffn is None:
+            moe_feed_forward(layer, i, h, s.o[:T], cfg.n_experts_used, s, self.workers, self.expert_stats)
+            return s.o[:T]
+        gate = matmul(layer.ffn.gate, h, s.gate[:T], self.workers)
+        silu_mul(gate, matmul(layer.ffn.up, h, s.up[:T], self.workers))
+        return matmul(layer.ffn.down, gate, s.o[:T], self.workers)
