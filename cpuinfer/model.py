@@ -1,0 +1,75 @@
+"""`cpuinfer.load(path)`: a GGUF file mapped into a runnable model with its tokenizer."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import GGUFError
+from .gguf_file import GGUFFile
+from .threads import physical_cores, set_threads
+from .tokenizer import Tokenizer, from_gguf_metadata
+from .transformer import Transformer
+from .weights import load_weights
+
+DEFAULT_MAX_CTX = 4096
+
+
+class Model:
+    """A loaded model: `forward` appends tokens to its KV cache and returns their logits."""
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None):
+        self.path = str(path)
+        self.file = GGUFFile(path)
+        md = self.file.metadata
+        embd = self.file.tensors.get("token_embd.weight")
+        if embd is None or len(embd.shape) != 2:
+            raise GGUFError(f"{self.path}: no 2-D token_embd.weight tensor")
+        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0])
+        self.tokenizer: Tokenizer = from_gguf_metadata(md)
+        if self.tokenizer.vocab_size != self.config.n_vocab:
+            raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
+                            f"has {self.config.n_vocab} rows")
+        weights = load_weights(self.file, self.config)
+        if n_ctx is None:
+            n_ctx = min(self.config.context_length, DEFAULT_MAX_CTX)
+        if n_ctx <= 0:
+            raise GGUFError(f"n_ctx must be positive, got {n_ctx}")
+        self.threads = set_threads(threads or physical_cores())
+        self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.transformer.cache.n_ctx
+
+    @property
+    def pos(self) -> int:
+        """Tokens in the KV cache (positions processed since the last reset)."""
+        return self.transformer.pos
+
+    @property
+    def expert_stats(self):
+        """Router counters of a mixture-of-experts model (None for dense models)."""
+        return self.transformer.expert_stats
+
+    def forward(self, ids, all_logits: bool = True, on_chunk=None) -> np.ndarray:
+        """Logits float32 [len(ids), vocab] of `ids` appended after the cached positions."""
+        return self.transformer.forward(ids, all_logits=all_logits, on_chunk=on_chunk)
+
+    def reset(self) -> None:
+        """Empty the KV cache: the next token is at position 0."""
+        self.transformer.reset()
+
+    def generate(self, ids, sampler, max_tokens: int | None = None, on_prefill=None) -> Iterator[int]:
+        """Yield sampled token ids after prefilling `ids`; stops at an end-of-sequence token."""
+        from .generation import generate
+
+        return generate(self, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
+
+
+def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None) -> Model:
+    """Memory-map a GGUF model. `n_ctx` defaults to min(trained context, 4096); `threads` to physical cores."""
+    return Model(path, n_ctx=n_ctx, threads=threads)

@@ -1,0 +1,54 @@
+"""Tokenizers rebuilt from GGUF metadata alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import GGUFError
+from .base import NORMAL, StreamDecoder, Tokenizer
+
+__all__ = ["Tokenizer", "StreamDecoder", "from_gguf_metadata"]
+
+
+def _token_id(md: dict[str, Any], key: str, n: int) -> int | None:
+    value = md.get(f"tokenizer.ggml.{key}")
+    if value is None:
+        return None
+    if not 0 <= int(value) < n:
+        raise GGUFError(f"tokenizer.ggml.{key} = {value} is outside the vocabulary of {n} tokens")
+    return int(value)
+
+
+def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a GGUF file describes (`tokenizer.ggml.*` keys)."""
+    kind = md.get("tokenizer.ggml.model")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if kind is None or not tokens:
+        raise GGUFError("the file has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens are missing)")
+    n = len(tokens)
+    types = np.asarray(md.get("tokenizer.ggml.token_type", np.full(n, NORMAL)), dtype=np.int32)
+    if types.shape != (n,):
+        raise GGUFError(f"tokenizer.ggml.token_type has {types.size} entries for {n} tokens")
+    bos, eos = _token_id(md, "bos_token_id", n), _token_id(md, "eos_token_id", n)
+    eot = _token_id(md, "eot_token_id", n)
+    if kind == "llama":
+        from .spm import SentencePieceTokenizer
+
+        scores = np.asarray(md.get("tokenizer.ggml.scores", np.zeros(n)), dtype=np.float32)
+        if scores.shape != (n,):
+            raise GGUFError(f"tokenizer.ggml.scores has {scores.size} entries for {n} tokens")
+        return SentencePieceTokenizer(tokens, scores, types, bos, eos,
+                                      add_bos=bool(md.get("tokenizer.ggml.add_bos_token", True)),
+                                      add_space_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", True)),
+                                      eot_id=eot)
+    if kind == "gpt2":
+        from .bpe import ByteLevelBPETokenizer
+
+        merges = md.get("tokenizer.ggml.merges")
+        if not merges:
+            raise GGUFError("a gpt2 tokenizer needs tokenizer.ggml.merges")
+        return ByteLevelBPETokenizer(tokens, types, merges, str(md.get("tokenizer.ggml.pre", "default")), bos, eos,
+                                     add_bos=bool(md.get("tokenizer.ggml.add_bos_token", False)), eot_id=eot)
+    raise GGUFError(f"unsupported tokenizer.ggml.model {kind!r} (cpuinfer reads 'llama' and 'gpt2')")
