@@ -108,7 +108,8 @@ class _Cursor:
 
 
 class GGUFFile:
-    """A GGUF file mapped read-only: metadata, tensor table, and zero-copy tensor views."""
+    """A GGUF file mapped read-only: metadata (with each value's GGUF type, for
+    re-writing), tensor table, and zero-copy tensor views."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
@@ -139,9 +140,16 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: corrupt GGUF header (counts {n_tensors} tensors, {n_kv} keys)")
 
         metadata: dict[str, Any] = {"GGUF.version": version}
+        self.value_types: dict[str, tuple[int, int | None]] = {}
         for _ in range(n_kv):
             key = cur.string("metadata key")
-            metadata[key] = cur.value(cur.u32(key), key)
+            vtype = cur.u32(key)
+            item_type = None
+            if vtype == _ARRAY:
+                cur.need(4, key)
+                (item_type,) = struct.unpack_from("<I", self._mmap, cur.pos)
+            self.value_types[key] = (vtype, item_type)
+            metadata[key] = cur.value(vtype, key)
 
         infos = []
         for _ in range(n_tensors):
@@ -159,9 +167,9 @@ class GGUFFile:
                 raise GGUFError(f"{self.path}: tensor {name} has unknown type {ggml_type}") from None
             infos.append((name, ggml_type, tuple(reversed(ne)), offset))
 
-        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFError(f"{self.path}: bad general.alignment {alignment}")
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):  # bool is not int here
+            raise GGUFError(f"{self.path}: bad general.alignment {alignment!r}")
         data_start = -(-cur.pos // alignment) * alignment
 
         tensors: dict[str, TensorInfo] = {}

@@ -1,0 +1,53 @@
+"""What every command shares: user-facing errors, the default model, loading with feedback."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import CpuinferError
+
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Print a CpuinferError as one line and exit 2 (the traceback too with --debug); Ctrl-C exits 130."""
+    try:
+        yield
+    except CpuinferError as e:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def model_path(model: str | None) -> Path:
+    """The GGUF to run: the given path, or the default model (fetched on first use)."""
+    if model is None:
+        from ..default_model import pull
+
+        return pull()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise CpuinferError(f"{model}: no such file (run `cpuinfer models` to list cached models)")
+    return path
+
+
+def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False):
+    """Load a model with a status line on stderr (first runs also compile the kernels)."""
+    from ..model import load
+
+    path = model_path(model)
+    with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
+            else contextlib.nullcontext():
+        return load(path, n_ctx=n_ctx, threads=threads)

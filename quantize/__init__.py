@@ -1,0 +1,94 @@
+"""`cpuinfer quantize`: checkpoints (Hugging Face, Mistral consolidated) or GGUF -> a quantized GGUF.
+
+Streams tensor by tensor (and row chunk by row chunk), so memory stays a small
+multiple of one tensor whatever the model's size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from gguf.constants import GGMLQuantizationType as QT
+from gguf.constants import GGUFValueType as VT
+
+from cpuinfer.errors import CpuinferError
+
+from .checkpoint import open_consolidated, open_hf
+from .gguf_source import open_gguf
+from .source import Source, SourceTensor
+from .writer import Planned, atomic_output, check_disk_space, estimated_size, write_gguf
+
+TYPES = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "f16": QT.F16, "f32": QT.F32}
+# llama.cpp's general.file_type (llama_ftype) for each requested type
+FILE_TYPES = {QT.F32: 0, QT.F16: 1, QT.Q4_0: 2, QT.Q4_1: 3, QT.Q8_0: 7}
+BLOCK = 32
+
+__all__ = ["TYPES", "convert", "open_source", "plan_types"]
+
+
+def open_source(src: Path) -> Source:
+    """Detect the input format and check it fully (files, shapes, tokenizer) before anything is written."""
+    if not src.exists():
+        raise CpuinferError(f"{src}: no such file or folder")
+    if src.is_file():
+        return open_gguf(src)
+    if (src / "config.json").exists():
+        return open_hf(src)
+    if (src / "params.json").exists():
+        return open_consolidated(src)
+    raise CpuinferError(f"{src}: not a GGUF file, nor a folder with config.json (Hugging Face) "
+                        "or params.json (Mistral consolidated)")
+
+
+def plan_types(tensors: list[SourceTensor], qtype: int) -> list[Planned]:
+    """The type of every output tensor, as llama.cpp chooses them.
+
+    Norms and other 1-D tensors and the Mixtral router stay F32; with a 4-bit
+    body the token embedding and output stay Q8_0; every other matrix gets
+    `qtype` (its rows must be whole 32-value blocks).
+    """
+    plan = []
+    for t in tensors:
+        if len(t.shape) == 1 or t.name.endswith("ffn_gate_inp.weight"):
+            chosen = QT.F32
+        elif qtype in (QT.F32, QT.F16):
+            chosen = qtype
+        elif t.cols % BLOCK:
+            raise CpuinferError(f"tensor {t.name} has rows of {t.cols} values, not a multiple of the "
+                                f"{BLOCK}-value block of {QT(qtype).name}; choose f16 or f32")
+        elif qtype in (QT.Q4_0, QT.Q4_1) and t.name in ("token_embd.weight", "output.weight"):
+            chosen = QT.Q8_0
+        else:
+            chosen = qtype
+        plan.append(Planned(t, chosen))
+    return plan
+
+
+def convert(src: str | Path, out: str | Path, type_name: str, force: bool = False,
+            progress: Callable[[int, int], Callable[[int], None]] | None = None) -> Path:
+    """Convert `src` to a GGUF of `type_name` at `out` (atomically). Returns `out`.
+
+    `progress(total_bytes, n_tensors)` may return a callback that gets the byte count of every written chunk.
+    """
+    src, out = Path(src), Path(out)
+    qtype = TYPES.get(type_name.lower())
+    if qtype is None:
+        raise CpuinferError(f"unknown type {type_name!r}; choose one of {', '.join(TYPES)}")
+    if out.is_dir():
+        raise CpuinferError(f"{out} is a folder; give the output file name")
+    if out.exists() and not force:
+        raise CpuinferError(f"{out} already exists (use --force to overwrite it)")
+    if not out.parent.exists():
+        raise CpuinferError(f"{out.parent}: no such folder")
+    if src.resolve() == out.resolve():
+        raise CpuinferError("the output must not be the input file")
+    source = open_source(src)
+    plan = plan_types(source.tensors, qtype)
+    source.set("general.file_type", FILE_TYPES[qtype], VT.UINT32)
+    source.set("general.quantization_version", 2, VT.UINT32)
+    check_disk_space(out, estimated_size(plan))
+    on_bytes = progress(sum(p.nbytes for p in plan), len(plan)) if progress else None
+    with atomic_output(out) as tmp:
+        write_gguf(tmp, source, plan, on_bytes)
+    return out
