@@ -120,8 +120,11 @@ class GGUFFile:
         size = os.path.getsize(self.path)
         if size < 24:
             raise GGUFError(f"{self.path}: not a GGUF file ({size} bytes)")
-        with open(self.path, "rb") as f:
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(self.path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise GGUFError(f"{self.path}: cannot read ({e.strerror})") from None
         self.data = np.frombuffer(self._mmap, dtype=np.uint8)
         self.metadata, self.tensors = self._parse(size)
 

@@ -79,7 +79,9 @@ def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.nd
         if w.ggml_type == QT.F32:  # BLAS reads float32 weights in place
             np.matmul(x, w.data[start:stop].T, out=out[:, start:stop])
             return
-        step = max(1, tile.size // w.cols)
+        if tile.size < w.cols:  # the shared tile must hold at least one row
+            tile = np.empty(w.cols, dtype=np.float32)
+        step = tile.size // w.cols
         for r0 in range(start, stop, step):
             n = min(step, stop - r0)
             dense = tile[: n * w.cols].reshape(n, w.cols)

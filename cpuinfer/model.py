@@ -63,6 +63,11 @@ class Model:
         """Empty the KV cache: the next token is at position 0."""
         self.transformer.reset()
 
+    def rewind(self, pos: int) -> bool:
+        """Drop cached positions >= pos; False (cache unchanged) if the rolling buffer already lost
+        what they would need."""
+        return self.transformer.cache.rewind(pos)
+
     def generate(self, ids, sampler, max_tokens: int | None = None, on_prefill=None) -> Iterator[int]:
         """Yield sampled token ids after prefilling `ids`; stops at an end-of-sequence token."""
         from .generation import generate

@@ -14,6 +14,7 @@ from .config import ModelConfig
 from .errors import CpuinferError
 from .kernels.attention import attention, attention_items
 from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
+from .interrupts import interrupts_deferred
 from .kv_cache import RollingKVCache
 from .linear import embed, matmul
 from .parallel import Workers
@@ -62,7 +63,8 @@ class Transformer:
         self.cache = RollingKVCache(config, n_ctx)
         self.batch = max(1, min(batch, self.cache.size))
         self.scratch = Scratch.allocate(config, self.batch)
-        self.workers = Workers(threads, TILE_FLOATS // threads)
+        widest = max(config.dim, config.ffn_dim, config.n_heads * config.head_dim)
+        self.workers = Workers(threads, max(TILE_FLOATS // threads, widest))
         self.expert_stats = ExpertStats(config.n_layers, config.n_experts) if config.is_moe else None
 
     @property
@@ -90,15 +92,16 @@ class Transformer:
         for start in range(0, ids.size, self.batch):
             chunk = ids[start:start + self.batch]
             last = start + chunk.size == ids.size
-            if all_logits or last:
-                outputs.append(self._forward_chunk(chunk, all_logits))
-            else:
-                self._forward_chunk(chunk, None)
+            with interrupts_deferred():
+                logits = self._forward_chunk(chunk, n_logits=chunk.size if all_logits else int(last))
+            if logits.shape[0]:
+                outputs.append(logits)
             if on_chunk is not None:
                 on_chunk(start + chunk.size, ids.size)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def _forward_chunk(self, ids: np.ndarray, all_logits: bool | None) -> np.ndarray | None:
+    def _forward_chunk(self, ids: np.ndarray, n_logits: int) -> np.ndarray:
+        """Process one chunk; return the logits of its last `n_logits` tokens."""
         cfg, w, s = self.config, self.weights, self.scratch
         T = ids.size
         x = s.x[:T]
@@ -108,13 +111,12 @@ class Transformer:
             x += self._attention(i, layer, x, cos, sin)
             x += self._feed_forward(i, layer, x)
         self.cache.advance(T)
-        if all_logits is None:
-            return None
-        rows = x if all_logits else x[-1:]
-        h = s.h[:rows.shape[0]]
-        rms_norm(rows, w.out_norm, cfg.norm_eps, h)
-        logits = np.empty((rows.shape[0], cfg.n_vocab), dtype=np.float32)
-        return matmul(w.output, h, logits, self.workers)
+        logits = np.empty((n_logits, cfg.n_vocab), dtype=np.float32)
+        if n_logits:
+            h = s.h[:n_logits]
+            rms_norm(x[T - n_logits:], w.out_norm, cfg.norm_eps, h)
+            matmul(w.output, h, logits, self.workers)
+        return logits
 
     def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         cfg, s, cache = self.config, self.scratch, self.cache

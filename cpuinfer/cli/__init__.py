@@ -2,10 +2,13 @@
 
 import typer
 
+from .chat_cmd import chat
+from .generate_cmd import generate
 from .info_cmd import info
+from .models_cmd import models, pull
 from .quantize_cmd import quantize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CPU-first quantized LLM inference on GGUF files.")
-app.command()(quantize)
-app.command()(info)
+for command in (chat, generate, quantize, info, pull, models):
+    app.command()(command)

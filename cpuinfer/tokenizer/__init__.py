@@ -22,7 +22,13 @@ def _token_id(md: dict[str, Any], key: str, n: int) -> int | None:
 
 
 def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
-    """The tokenizer a GGUF file describes (`tokenizer.ggml.*` keys)."""
+    """The tokenizer a GGUF file describes (`tokenizer.ggml.*` keys), with its chat template."""
+    tokenizer = _vocabulary(md)
+    tokenizer.use_chat_template(None, md.get("tokenizer.chat_template"), str(md.get("general.name", "")))
+    return tokenizer
+
+
+def _vocabulary(md: dict[str, Any]) -> Tokenizer:
     kind = md.get("tokenizer.ggml.model")
     tokens = md.get("tokenizer.ggml.tokens")
     if kind is None or not tokens:

@@ -49,21 +49,45 @@ class Tokenizer:
         ids = self._encode_text(text) if text else []
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 
-    def encode_with_specials(self, text: str) -> list[int]:
-        """Token ids of template text, where literal control-token strings become their ids."""
+    def split_specials(self, text: str) -> list[str | list[int]]:
+        """`text` cut at the literal strings of special tokens, which become [id]."""
         if self._special_re is None:
-            return self.encode(text)
+            return [text]
+        return [[self.special_ids[part]] if i % 2 else part
+                for i, part in enumerate(self._special_re.split(text)) if part]
+
+    def encode_pieces(self, pieces: list[str | list[int]]) -> list[int]:
+        """Ids of text pieces and ready ids; adjacent text is encoded as one string."""
         ids: list[int] = []
-        for i, part in enumerate(self._special_re.split(text)):
-            if i % 2:
-                ids.append(self.special_ids[part])
-            elif part:
-                ids.extend(self._encode_text(part))
-        return ids
+        run = ""
+        for piece in pieces:
+            if isinstance(piece, str):
+                run += piece
+            else:
+                ids.extend(self.encode(run))
+                run = ""
+                ids.extend(piece)
+        return ids + self.encode(run)
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Token ids of template text, where literal special-token strings become their ids."""
+        return self.encode_pieces(self.split_specials(text))
 
     def decode(self, ids) -> str:
         """Text of `ids`; control tokens (bos, eos, ...) print as nothing."""
         return self._decode_ids([int(i) for i in ids if int(i) not in self._hidden])
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation ([{"role": ..., "content": ...}, ...]) in the model's chat format."""
+        return self.chat_template.encode(messages, add_generation_prompt)
+
+    def use_chat_template(self, name_or_path: str | None, file_template: str | None = None,
+                          model_name: str = "") -> None:
+        """Pick the chat template: a built-in name or a Jinja file, else the file's own, else by model family."""
+        from ..chat_template import ChatTemplate, choose_template
+
+        name, source = choose_template(self, file_template, model_name, override=name_or_path)
+        self.chat_template = ChatTemplate(self, source, name)
 
     def stream(self) -> "StreamDecoder":
         """An incremental decoder for printing tokens as they are generated."""

@@ -1,0 +1,29 @@
+"""Options shared by `generate` and `chat` (one definition each)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..sampler import SamplerSettings
+
+_D = SamplerSettings()
+TEMP = typer.Option(_D.temperature, "--temp", help="temperature (0 = greedy)")
+TOP_K = typer.Option(_D.top_k, "--top-k", help="keep the k most likely tokens (0 = off)")
+TOP_P = typer.Option(_D.top_p, "--top-p", help="keep the smallest set with this probability mass (1 = off)")
+MIN_P = typer.Option(_D.min_p, "--min-p", help="drop tokens below this fraction of the top one (0 = off)")
+REPEAT_PENALTY = typer.Option(_D.repeat_penalty, "--repeat-penalty", help="penalty for recent tokens (1 = off)")
+REPEAT_LAST_N = typer.Option(_D.repeat_last_n, "--repeat-last-n", help="how many recent tokens are penalized")
+SEED = typer.Option(None, "--seed", help="random seed, for reproducible output")
+CTX = typer.Option(None, "--ctx", help="context length in tokens (default: the model's, at most 4096)")
+THREADS = typer.Option(None, "--threads", "-t", help="threads (default: physical cores)")
+SYSTEM = typer.Option(None, "--system", help="system prompt")
+TEMPLATE = typer.Option(None, "--template", help="chat template: mistral, chatml, llama2, or a Jinja file")
+DEBUG = typer.Option(False, "--debug", help="show tracebacks")
+
+
+def sampler_settings(temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+                     repeat_last_n: int, seed: Optional[int]) -> SamplerSettings:
+    return SamplerSettings(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
