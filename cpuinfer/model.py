@@ -41,6 +41,11 @@ class Model:
         self.threads = set_threads(threads or physical_cores())
         self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
 
+    def set_threads(self, threads: int) -> None:
+        """Run on `threads` threads from now on."""
+        self.threads = set_threads(threads)
+        self.transformer.use_threads(self.threads)
+
     @property
     def n_ctx(self) -> int:
         return self.transformer.cache.n_ctx

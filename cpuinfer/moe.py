@@ -30,11 +30,16 @@ class ExpertStats:
 
     def __init__(self, n_layers: int, n_experts: int):
         self.counts = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self.clear()
+
+    def clear(self) -> None:
+        """Zero every counter."""
+        self.counts[:] = 0
         self.bytes_read = 0
         self.tokens = 0  # tokens routed (counted once, not per layer)
         self.reused = 0  # picks that the previous token also made in the same layer
         self.picks = 0  # picks that had a previous token to compare with
-        self._previous: list[set[int] | None] = [None] * n_layers
+        self._previous: list[set[int] | None] = [None] * self.counts.shape[0]
 
     def record(self, layer: int, chosen: np.ndarray, nbytes: int) -> None:
         np.add.at(self.counts[layer], chosen.ravel(), 1)

@@ -63,9 +63,14 @@ class Transformer:
         self.cache = RollingKVCache(config, n_ctx)
         self.batch = max(1, min(batch, self.cache.size))
         self.scratch = Scratch.allocate(config, self.batch)
-        widest = max(config.dim, config.ffn_dim, config.n_heads * config.head_dim)
-        self.workers = Workers(threads, max(TILE_FLOATS // threads, widest))
+        self.use_threads(threads)
         self.expert_stats = ExpertStats(config.n_layers, config.n_experts) if config.is_moe else None
+
+    def use_threads(self, threads: int) -> None:
+        """Split batched work over `threads` workers (decode kernels follow numba's thread count)."""
+        cfg = self.config
+        widest = max(cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim)
+        self.workers = Workers(threads, max(TILE_FLOATS // threads, widest))
 
     @property
     def pos(self) -> int:

@@ -1,0 +1,65 @@
+"""`cpuinfer bench MODEL`: llama-bench style pp/tg tokens/s."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..bench import add_bandwidth_share, bench_decode, bench_prompt, memory_bandwidth, peak_rss_mb
+from ..threads import physical_cores
+from . import options as o
+from .common import err_console, load_model, user_errors
+
+
+def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: the default model)"),
+          prompt: list[int] = typer.Option([512], "-p", "--n-prompt", help="prompt lengths (repeatable; 0 skips)"),
+          gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
+          threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
+          reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
+          ctx: Optional[int] = o.CTX,
+          as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+          debug: bool = o.DEBUG) -> None:
+    """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
+    with user_errors(debug):
+        thread_counts = threads or [physical_cores()]
+        longest = max(prompt + gen + [1])
+        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json)
+        rng = np.random.default_rng(0)
+        rows = []
+        for t in thread_counts:
+            m.set_threads(t)
+            rows += [bench_prompt(m, n, reps, rng) for n in prompt if n]
+            rows += [bench_decode(m, n, reps, rng) for n in gen if n]
+        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, peak_rss_mb=peak_rss_mb())
+        for t in thread_counts:
+            decode = [r for r in rows if r.threads == t and r.test.startswith("tg")]
+            if decode:
+                m.set_threads(t)
+                bandwidth = memory_bandwidth()
+                for r in decode:
+                    add_bandwidth_share(r, bandwidth)
+        if as_json:
+            print(json.dumps({**info, "results": [r.as_dict() for r in rows]}, indent=1))
+            return
+        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=f"{m.config.name or m.path}")
+        for r in rows:
+            notes = []
+            if "time_to_first_token_s" in r.extra:
+                notes.append(f"time to first token {r.extra['time_to_first_token_s'] * 1000:.0f} ms")
+            if "bandwidth_share" in r.extra:
+                notes.append(f"weights {r.extra['weight_gb_per_s']:.1f} GB/s = "
+                             f"{r.extra['bandwidth_share'] * 100:.0f}% of measured "
+                             f"{r.extra['machine_bandwidth_gb_per_s']:.1f} GB/s")
+            if "expert_bytes_per_token" in r.extra:
+                notes.append(f"experts {r.extra['expert_bytes_per_token'] / 1e6:.1f} MB/token, "
+                             f"reuse {r.extra['expert_reuse_rate'] * 100:.0f}%, "
+                             f"picks {r.extra['expert_histogram']}")
+            table.add_row(r.test, str(r.threads), f"{r.mean:.2f} ± {r.std:.2f}", f"{r.warmup_seconds:.2f}",
+                          "; ".join(notes))
+        Console().print(table)
+        err_console.print(f"peak memory (RSS) {info['peak_rss_mb']:.0f} MB; file {info['file_bytes'] / 1e6:.0f} MB")
