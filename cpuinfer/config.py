@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,42 +45,46 @@ class ModelConfig:
                 f"unsupported architecture {arch or '(none)'!r}: cpuinfer runs {', '.join(SUPPORTED_ARCHITECTURES)} "
                 "(Llama, Mistral, Mixtral)")
 
-        def get(key: str, default: Any = None) -> Any:
+        def get(key: str, default: Any = None, kind: type = int) -> Any:
             value = md.get(f"{arch}.{key}", default)
             if value is None:
                 raise GGUFError(f"missing metadata key {arch}.{key}")
-            return value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise GGUFError(f"metadata key {arch}.{key} holds {str(value)[:40]!r} "
+                                f"({type(value).__name__}), not a number")
+            return kind(value)
 
-        dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
-        n_kv_heads = int(get("attention.head_count_kv", n_heads))
+        dim, n_heads = get("embedding_length"), get("attention.head_count")
+        n_kv_heads = get("attention.head_count_kv", n_heads)
         if n_heads <= 0 or n_kv_heads <= 0 or dim % n_heads or n_heads % n_kv_heads:
             raise GGUFError(f"inconsistent head counts: dim {dim}, heads {n_heads}, kv heads {n_kv_heads}")
-        head_dim = int(md.get(f"{arch}.attention.key_length", dim // n_heads))
-        rope_dim = int(md.get(f"{arch}.rope.dimension_count", head_dim))
+        head_dim = get("attention.key_length", dim // n_heads)
+        rope_dim = get("rope.dimension_count", head_dim)
         if rope_dim > head_dim or rope_dim % 2:
             raise GGUFError(f"rope dimension {rope_dim} does not fit head dimension {head_dim}")
-        n_experts = int(md.get(f"{arch}.expert_count", 0))
-        n_used = int(md.get(f"{arch}.expert_used_count", 0))
+        n_experts = get("expert_count", 0)
+        n_used = get("expert_used_count", 0)
         if n_experts and not 0 < n_used <= n_experts:
             raise GGUFError(f"expert_used_count {n_used} does not fit expert_count {n_experts}")
         cfg = cls(
             architecture=arch,
             n_vocab=n_vocab,
             dim=dim,
-            n_layers=int(get("block_count")),
+            n_layers=get("block_count"),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
-            ffn_dim=int(get("feed_forward_length")),
+            ffn_dim=get("feed_forward_length"),
             rope_dim=rope_dim,
-            rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
-            norm_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            context_length=int(md.get(f"{arch}.context_length", 4096)),
-            sliding_window=int(md.get(f"{arch}.attention.sliding_window", 0) or 0),
+            rope_theta=get("rope.freq_base", 10000.0, float),
+            norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5, float),
+            context_length=get("context_length", 4096),
+            sliding_window=get("attention.sliding_window", 0),
             n_experts=n_experts,
             n_experts_used=n_used,
             name=str(md.get("general.name", "")),
         )
-        if min(cfg.n_layers, cfg.ffn_dim, cfg.context_length, cfg.n_vocab) <= 0:
+        if (min(cfg.n_layers, cfg.ffn_dim, cfg.context_length, cfg.n_vocab) <= 0
+                or cfg.rope_theta <= 0 or cfg.norm_eps < 0):
             raise GGUFError(f"implausible model dimensions: {cfg}")
         return cfg

@@ -33,7 +33,12 @@ def _q8_0(x, d, q):
             d[r, b] = s
             for j in range(QK):
                 v = x[r, b * QK + j] * inv
-                q[r, b * QK + j] = np.int8(math.copysign(math.floor(abs(v) + f32(0.5)), v))
+                # roundf: |v| - floor(|v|) is exact; floor(|v| + 0.5) would round 0.49999997 up to 1
+                a = abs(v)
+                n = math.floor(a)
+                if a - n >= f32(0.5):
+                    n += 1
+                q[r, b * QK + j] = np.int8(math.copysign(n, v))
 
 
 @njit(parallel=True, cache=True)

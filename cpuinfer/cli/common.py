@@ -10,6 +10,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import CpuinferError
 
@@ -24,7 +25,8 @@ def user_errors(debug: bool = False) -> Iterator[None]:
     except CpuinferError as e:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        # escape: a path like "a[/b]" is not markup; soft_wrap: one line even past 80 columns (pipes, logs)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")

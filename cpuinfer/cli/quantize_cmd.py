@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
@@ -34,4 +35,4 @@ def quantize(src: Path = typer.Argument(..., help="Hugging Face folder, Mistral 
         finally:
             bar.stop()
     if not quiet:
-        err_console.print(f"wrote {out} ({out.stat().st_size / 1e6:,.1f} MB)")
+        err_console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:,.1f} MB)", soft_wrap=True)

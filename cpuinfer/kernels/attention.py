@@ -70,7 +70,7 @@ def _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg):
                     out[U(t), U(h), U(d)] += p * v_new[U(kp - p0), U(g), U(d)]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
 def attention(q, k_new, v_new, k_cache, v_cache, p0, window, out):
     """Softmax attention for queries at positions p0 .. p0+T-1, parallel over (token, kv head).
 
@@ -84,7 +84,7 @@ def attention(q, k_new, v_new, k_cache, v_cache, p0, window, out):
         _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def attention_items(q, k_new, v_new, k_cache, v_cache, p0, window, out, start, stop):
     """`attention` for items start .. stop-1 of the T*G (token, kv head) items, on the calling thread."""
     for tg in range(start, stop):

@@ -11,7 +11,7 @@ from numba import njit
 from .matvec import U, f32
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def rms_norm(x, weight, eps, out):
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, per row t."""
     n = x.shape[1]
@@ -48,7 +48,7 @@ def rope(x, cos, sin):
                 x[U(t), U(h), U(2 * i + 1)] = a * s + b * c
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
 def silu_mul(gate, up):
     """gate = silu(gate) * up, in place (the SwiGLU activation)."""
     for t in range(gate.shape[0]):

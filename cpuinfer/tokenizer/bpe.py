@@ -34,7 +34,12 @@ class ByteLevelBPETokenizer(Tokenizer):
             raise GGUFError(f"unsupported tokenizer.ggml.pre {pre!r}; cpuinfer knows {', '.join(PRE_TOKENIZERS)}")
         vocab = {t: i for i, t in enumerate(tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
-        tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in ("llama-bpe", "llama3")))
+        if any(len(p) != 2 for p in pairs):
+            raise GGUFError("tokenizer.ggml.merges holds an entry that is not two tokens separated by a space")
+        try:
+            tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in ("llama-bpe", "llama3")))
+        except Exception as e:  # the tokenizers library raises plain Exception, e.g. for a merge of unknown tokens
+            raise GGUFError(f"the vocabulary (tokenizer.ggml.tokens / merges) is not a valid BPE model: {e}") from None
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

@@ -11,6 +11,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
+from ..errors import GGUFError
 from .base import BYTE, CONTROL, UNKNOWN, USER_DEFINED, Tokenizer
 
 _PIECE_TYPE = {1: pb.ModelProto.SentencePiece.NORMAL, UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
@@ -40,7 +41,10 @@ def _model_proto(tokens: list[str], scores: np.ndarray, types: np.ndarray, add_s
 class SentencePieceTokenizer(Tokenizer):
     def __init__(self, tokens, scores, types, bos_id, eos_id, add_bos, add_space_prefix=True, eot_id=None):
         super().__init__(tokens, types, bos_id, eos_id, add_bos, eot_id)
-        self._sp = spm.SentencePieceProcessor(model_proto=_model_proto(tokens, scores, types, add_space_prefix))
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=_model_proto(tokens, scores, types, add_space_prefix))
+        except RuntimeError as e:  # duplicate, empty or malformed pieces
+            raise GGUFError(f"the vocabulary (tokenizer.ggml.tokens) is not a valid SentencePiece model: {e}") from None
 
     def _encode_text(self, text: str) -> list[int]:
         return self._sp.encode(text)
