@@ -16,12 +16,17 @@ from typing import Callable
 import numpy as np
 
 
-class Workers:
-    """`threads` workers (the caller is one of them), each with a float32 scratch tile."""
+TILE_FLOATS = 1 << 21  # 8 MiB of dequantized weights at a time, shared by the workers
 
-    def __init__(self, threads: int, tile_floats: int):
+
+class Workers:
+    """`threads` workers (the caller is one of them), each with a float32 scratch tile that holds at
+    least one row of `widest_row` values."""
+
+    def __init__(self, threads: int, widest_row: int, tile_floats: int = TILE_FLOATS):
         self.threads = max(1, threads)
-        self.tiles = [np.zeros(tile_floats, dtype=np.float32) for _ in range(self.threads)]
+        size = max(tile_floats // self.threads, widest_row)
+        self.tiles = [np.zeros(size, dtype=np.float32) for _ in range(self.threads)]
         self._executor = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
 
     def run(self, fn: Callable[[np.ndarray, int, int], None], n: int) -> None:

@@ -24,7 +24,6 @@ from .weights import Layer, Weights
 # Prompt tokens per forward chunk: large enough for BLAS to run near its peak,
 # small enough that Ctrl-C and progress reports come back within a second or so.
 DEFAULT_BATCH = 64
-TILE_FLOATS = 1 << 21  # 8 MiB of dequantized weights at a time, shared by the workers
 
 
 @dataclass
@@ -69,8 +68,7 @@ class Transformer:
     def use_threads(self, threads: int) -> None:
         """Split batched work over `threads` workers (decode kernels follow numba's thread count)."""
         cfg = self.config
-        widest = max(cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim)
-        self.workers = Workers(threads, max(TILE_FLOATS // threads, widest))
+        self.workers = Workers(threads, widest_row=max(cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim))
 
     @property
     def pos(self) -> int:

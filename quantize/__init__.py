@@ -16,13 +16,15 @@ from cpuinfer.errors import CpuinferError
 
 from .checkpoint import open_consolidated, open_hf
 from .gguf_source import open_gguf
+from .quants import quantize_rows
 from .source import Source, SourceTensor
-from .writer import Planned, atomic_output, check_disk_space, estimated_size, write_gguf
+from .writer import OutTensor, atomic_output, check_disk_space, estimated_size, write_gguf
 
 TYPES = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "f16": QT.F16, "f32": QT.F32}
 # llama.cpp's general.file_type (llama_ftype) for each requested type
 FILE_TYPES = {QT.F32: 0, QT.F16: 1, QT.Q4_0: 2, QT.Q4_1: 3, QT.Q8_0: 7}
 BLOCK = 32
+CHUNK_VALUES = 1 << 22  # float32 values converted at a time (16 MiB)
 
 __all__ = ["TYPES", "convert", "open_source", "plan_types"]
 
@@ -41,7 +43,7 @@ def open_source(src: Path) -> Source:
                         "or params.json (Mistral consolidated)")
 
 
-def plan_types(tensors: list[SourceTensor], qtype: int) -> list[Planned]:
+def plan_types(tensors: list[SourceTensor], qtype: int) -> list[OutTensor]:
     """The type of every output tensor, as llama.cpp chooses them.
 
     Norms and other 1-D tensors and the Mixtral router stay F32; with a 4-bit
@@ -61,8 +63,16 @@ def plan_types(tensors: list[SourceTensor], qtype: int) -> list[Planned]:
             chosen = QT.Q8_0
         else:
             chosen = qtype
-        plan.append(Planned(t, chosen))
+        plan.append(OutTensor(t.name, t.shape, chosen, lambda t=t, chosen=chosen: converted_chunks(t, chosen)))
     return plan
+
+
+def converted_chunks(t: SourceTensor, qtype: int):
+    """The tensor's bytes in `qtype`, a bounded number of rows at a time."""
+    for part in t.parts:
+        step = max(1, CHUNK_VALUES // part.cols)
+        for r0 in range(0, part.rows, step):
+            yield quantize_rows(part.read(r0, min(part.rows, r0 + step)), qtype)
 
 
 def convert(src: str | Path, out: str | Path, type_name: str, force: bool = False,
@@ -90,5 +100,5 @@ def convert(src: str | Path, out: str | Path, type_name: str, force: bool = Fals
     check_disk_space(out, estimated_size(plan))
     on_bytes = progress(sum(p.nbytes for p in plan), len(plan)) if progress else None
     with atomic_output(out) as tmp:
-        write_gguf(tmp, source, plan, on_bytes)
+        write_gguf(tmp, source.metadata, plan, on_bytes)
     return out

@@ -190,7 +190,7 @@ def _build(source: Source, hp: Hparams, names: dict[str, str], entries: dict[str
         raise CpuinferError(f"{where}: {hp.n_heads} heads, {hp.n_kv_heads} kv heads, head_dim {hp.head_dim} do not fit")
     if hp.n_experts and not 0 < hp.n_experts_used <= hp.n_experts:
         raise CpuinferError(f"{where}: {hp.n_experts_used} experts per token of {hp.n_experts}")
-    _add_llama_metadata(source, hp)
+    add_llama_metadata(source, hp)
 
     def matrix(key: str, shape: tuple[int, ...], **fmt) -> Matrix:
         name = names[key].format(**fmt)
@@ -240,7 +240,8 @@ def _gguf_name(key: str, i: int | None) -> str:
     return f"{key}.weight" if i is None else f"blk.{i}.{key}.weight"
 
 
-def _add_llama_metadata(source: Source, hp: Hparams) -> None:
+def add_llama_metadata(source: Source, hp: Hparams) -> None:
+    """llama.cpp's `llama.*` keys for these hyper-parameters."""
     p = "llama."
     source.set("general.architecture", "llama", VT.STRING)
     source.set("general.name", hp.name, VT.STRING)

@@ -27,3 +27,43 @@ def mistral_tokenizer_model() -> Path:
     from checkpoints import tokenizer_model_path
 
     return tokenizer_model_path()
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """hf_checkpoint(kind) -> folder of the tiny reference checkpoint in Hugging Face layout (bf16, 2 shards)."""
+    from checkpoints import write_hf
+
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            made[kind] = write_hf(kind, tmp_path_factory.mktemp(f"hf-{kind}"))
+        return made[kind]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def converted(hf_checkpoint, tmp_path_factory):
+    """converted(kind, type) -> GGUF path of the reference checkpoint converted by `cpuinfer quantize`."""
+    from quantize import convert
+
+    made: dict[tuple[str, str], Path] = {}
+
+    def make(kind: str, type_name: str) -> Path:
+        key = (kind, type_name)
+        if key not in made:
+            out = tmp_path_factory.mktemp("gguf") / f"{kind}-{type_name}.gguf"
+            made[key] = convert(hf_checkpoint(kind), out, type_name)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """reference(kind) -> the committed transformers outputs for that checkpoint (npz)."""
+    import numpy as np
+
+    return lambda kind: np.load(REFERENCE / f"{kind}.npz")

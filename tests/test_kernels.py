@@ -141,7 +141,7 @@ def linear(qtype, rows, cols, rng) -> tuple[Linear, np.ndarray]:
 @pytest.mark.parametrize("qtype", [QT.F32] + QTYPES, ids=lambda q: q.name)
 def test_matmul_matches_numpy(qtype, tile_floats):
     rng = np.random.default_rng(11)
-    workers = Workers(2, tile_floats)
+    workers = Workers(2, widest_row=1, tile_floats=2 * tile_floats)  # tile_floats per worker
     lin, wd = linear(qtype, 13, 96, rng)
     for T in (1, 2, 3, 17):
         x = rng.standard_normal((T, 96)).astype(np.float32)
@@ -161,7 +161,7 @@ def test_embed_rows(qtype):
 
 
 def test_workers_split_the_range():
-    workers = Workers(3, 4)
+    workers = Workers(3, widest_row=4, tile_floats=12)
     seen = []
     workers.run(lambda tile, a, b: seen.append((tile.size, a, b)), 10)
     assert sorted(seen) == [(4, 0, 3), (4, 3, 6), (4, 6, 10)]
