@@ -87,8 +87,10 @@ def perplexity(model, text: str, ctx: int = 512, stride: int | None = None, base
     stride = stride or ctx
     if ctx < 4 or stride < 1:
         raise CpuinferError("--ctx must be at least 4 and --stride at least 1")
+    if ctx > model.config.context_length:
+        raise CpuinferError(f"--ctx {ctx} is larger than the model's context {model.config.context_length}")
     if ctx > model.n_ctx:
-        raise CpuinferError(f"--ctx {ctx} is larger than the model's context {model.n_ctx}")
+        raise CpuinferError(f"--ctx {ctx} is larger than the loaded context {model.n_ctx}")
     tok = model.tokenizer
     if base is not None and base.tokenizer.tokens != tok.tokens:
         raise CpuinferError("the base model has a different vocabulary")

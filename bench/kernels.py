@@ -1,0 +1,98 @@
+"""Kernel speed at Mistral-7B shapes, against the memory roofline and numpy's BLAS.
+
+For each type and shape: the decode matvec (one activation vector) in GB/s of
+weights read, and the batched matmul (64 prompt tokens) in GFLOP/s; side by
+side, in the same run, numpy float32 BLAS on the dequantized matrix (matvec
+and matmul) and the machine's read bandwidth from a numba streaming kernel.
+
+    python -m bench.kernels [--threads 2] [--reps 5] [--json bench/results/kernels.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from gguf.constants import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+from threadpoolctl import threadpool_limits
+
+from cpuinfer.bench import memory_bandwidth
+from cpuinfer.linear import Linear, matmul
+from cpuinfer.parallel import Workers
+from cpuinfer.threads import set_threads
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (32000, 4096)]  # (rows, cols): wq, w1/w3, w2, output
+TYPES = {"Q8_0": QT.Q8_0, "Q4_0": QT.Q4_0, "Q4_1": QT.Q4_1, "F16": QT.F16, "F32": QT.F32}
+BATCH = 64
+
+
+def best_time(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def weight(qtype: int, rows: int, cols: int, rng) -> Linear:
+    dense = rng.standard_normal((rows, cols), dtype=np.float32)
+    if qtype == QT.F32:
+        data = dense
+    elif qtype == QT.F16:
+        data = dense.astype(np.float16).view(np.uint16)
+    else:
+        data = quantize(dense, qtype)
+    return Linear("bench", qtype, rows, cols, data)
+
+
+def run(threads: int, reps: int) -> dict:
+    threads = set_threads(threads)
+    workers = Workers(threads, widest_row=max(c for _, c in SHAPES))
+    rng = np.random.default_rng(0)
+    bandwidth = memory_bandwidth()
+    rows_out = []
+    for rows, cols in SHAPES:
+        x1 = rng.standard_normal((1, cols), dtype=np.float32)
+        xb = rng.standard_normal((BATCH, cols), dtype=np.float32)
+        out1, outb = np.empty((1, rows), np.float32), np.empty((BATCH, rows), np.float32)
+        for name, qtype in TYPES.items():
+            w = weight(qtype, rows, cols, rng)
+            t1 = best_time(lambda: matmul(w, x1, out1, workers), reps)
+            tb = best_time(lambda: matmul(w, xb, outb, workers), max(1, reps // 2))
+            rows_out.append(dict(shape=f"{rows}x{cols}", type=name, weight_bytes=w.nbytes,
+                                 matvec_gb_s=w.nbytes / t1 / 1e9, matvec_roofline_share=w.nbytes / t1 / 1e9 / bandwidth,
+                                 matmul_gflop_s=2 * BATCH * rows * cols / tb / 1e9))
+        f32 = dequantize(weight(QT.Q8_0, rows, cols, rng).data, QT.Q8_0)  # a dequantized matrix, as BLAS would get
+        with threadpool_limits(threads, user_api="blas"):
+            t1 = best_time(lambda: np.matmul(x1, f32.T, out=out1), reps)
+            tb = best_time(lambda: np.matmul(xb, f32.T, out=outb), max(1, reps // 2))
+        rows_out.append(dict(shape=f"{rows}x{cols}", type="numpy float32 BLAS", weight_bytes=f32.nbytes,
+                             matvec_gb_s=f32.nbytes / t1 / 1e9, matvec_roofline_share=f32.nbytes / t1 / 1e9 / bandwidth,
+                             matmul_gflop_s=2 * BATCH * rows * cols / tb / 1e9))
+    return dict(threads=threads, bandwidth_gb_s=bandwidth, batch=BATCH, results=rows_out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    result = run(args.threads, args.reps)
+    print(f"threads {result['threads']}, measured read bandwidth {result['bandwidth_gb_s']:.1f} GB/s")
+    print(f"{'shape':<12} {'type':<26} {'matvec GB/s':>11} {'of roofline':>11} {'matmul GFLOP/s':>15}")
+    for r in result["results"]:
+        print(f"{r['shape']:<12} {r['type']:<26} {r['matvec_gb_s']:>11.1f} {r['matvec_roofline_share'] * 100:>10.0f}%"
+              f" {r['matmul_gflop_s']:>15.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Plots from bench/results/*.json: tokens/s by type and threads, and quality against size.
+
+    python -m bench.plot      (needs matplotlib, installed in .venv-bench by `make bench`)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def speed_plot(rows: list[dict], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tests = sorted({r["test"] for r in rows}, key=lambda t: (t[:2], int(t[2:])))
+    engines = [e for e in ("cpuinfer", "llama.cpp", "torch f32") if any(e in r for r in rows)]
+    fig, axes = plt.subplots(1, len(tests), figsize=(6 * len(tests), 4), squeeze=False)
+    for ax, test in zip(axes[0], tests):
+        sel = [r for r in rows if r["test"] == test]
+        labels = [f"{r['model'].removesuffix('.gguf')}\n{r['threads']}T" for r in sel]
+        width = 0.8 / len(engines)
+        for i, engine in enumerate(engines):
+            ax.bar([x + i * width for x in range(len(sel))], [r.get(engine, 0) for r in sel], width, label=engine)
+        ax.set_xticks([x + width * (len(engines) - 1) / 2 for x in range(len(sel))], labels, fontsize=7)
+        ax.set_title(test)
+        ax.set_ylabel("tokens/s")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def quality_plot(result: dict, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in result["results"]:
+        ax.errorbar(r["file_bytes"] / 1e6, r["ppl"], yerr=r["ppl_stderr"], fmt="o")
+        ax.annotate(r["type"], (r["file_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel(f"perplexity ({result['text']}, ctx {result['ctx']})")
+    ax.set_title("SmolLM2-135M: quality against size")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    compare, quality = RESULTS / "compare.json", RESULTS / "quality.json"
+    if compare.exists():
+        speed_plot(json.loads(compare.read_text()), RESULTS / "speed.png")
+    if quality.exists():
+        quality_plot(json.loads(quality.read_text()), RESULTS / "quality.png")
+
+
+if __name__ == "__main__":
+    main()

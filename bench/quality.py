@@ -1,0 +1,72 @@
+"""What quantization costs: perplexity of each type of the default model, against F16.
+
+The default model ships as Q4_1; its F16 file is the exact dequantization of
+that Q4_1 file, and the Q8_0 / Q4_0 files are re-quantized from it with
+`cpuinfer quantize`. Each is scored on the same text (the GNU GPL v3 as Debian
+ships it) with llama-perplexity's method, plus the KL divergence of its token
+distributions from the F16 file's.
+
+    python -m bench.quality [--ctx 512] [--json bench/results/quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cpuinfer import load
+from cpuinfer.default_model import pull
+from cpuinfer.perplexity import perplexity
+from quantize import convert
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ROOT / "tests" / "fixtures" / "text" / "GPL-3.txt"
+MODELS = ROOT / "bench" / "models"
+
+
+def variants() -> dict[str, Path]:
+    """F16, Q8_0, Q4_0 made from the default Q4_1 file (cached in bench/models), and the Q4_1 itself."""
+    source = pull()
+    MODELS.mkdir(parents=True, exist_ok=True)
+    files = {"Q4_1": source}
+    for type_name in ("f16", "q8_0", "q4_0"):
+        out = MODELS / f"smollm2-135m-{type_name}.gguf"
+        if not out.exists():
+            convert(source, out, type_name)
+        files[type_name.upper()] = out
+    return files
+
+
+def run(ctx: int) -> dict:
+    files = variants()
+    text = TEXT.read_text()
+    base = load(files["F16"], n_ctx=ctx)
+    rows = []
+    for name in ("F16", "Q8_0", "Q4_1", "Q4_0"):
+        m = base if name == "F16" else load(files[name], n_ctx=ctx)
+        r = perplexity(m, text, ctx=ctx, base=None if name == "F16" else base).as_dict()
+        r.update(type=name, file_bytes=files[name].stat().st_size)
+        rows.append(r)
+        print(f"{name:5} {r['file_bytes'] / 1e6:7.1f} MB  PPL {r['ppl']:.4f} ± {r['ppl_stderr']:.4f}"
+              + (f"  KL {r['mean_kl']:.5f}  same top-1 {r['top1_agreement'] * 100:.1f}%" if "mean_kl" in r else ""))
+    f16 = rows[0]["ppl"]
+    for r in rows:
+        r["ppl_increase_over_f16"] = r["ppl"] / f16 - 1
+    return {"text": TEXT.name, "ctx": ctx, "results": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    result = run(args.ctx)
+    for r in result["results"]:
+        print(f"{r['type']:5} +{r['ppl_increase_over_f16'] * 100:.2f}% perplexity over F16")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
