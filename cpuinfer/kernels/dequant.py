@@ -9,7 +9,7 @@ Serial and nogil: the caller's worker threads split the rows (see parallel.py).
 import numpy as np
 from numba import njit
 
-from .matvec import Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, U, f32, i32
+from .matvec import Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, U, _hi, _lo, f32, i32
 
 
 @njit(inline="always")
@@ -38,9 +38,9 @@ def _dequant_q4(w, r0, out, f16, block_bytes):
             d = _scale(w, r, o, f16)
             m = -f32(8) * d if block_bytes == Q4_0_BYTES else _scale(w, r, o + 2, f16)
             for j in range(16):
-                v = i32(w[U(r), U(o + block_bytes - 16 + j)])
-                out[U(i), U(b * 32 + j)] = d * f32(v & 15) + m
-                out[U(i), U(b * 32 + j + 16)] = d * f32(v >> 4) + m
+                v = w[U(r), U(o + block_bytes - 16 + j)]
+                out[U(i), U(b * 32 + j)] = d * _lo(v) + m
+                out[U(i), U(b * 32 + j + 16)] = d * _hi(v) + m
 
 
 @njit(nogil=True, cache=True)

@@ -19,6 +19,7 @@ from numba import njit, prange
 U = np.uintp
 f32 = np.float32
 i32 = np.int32
+LO, SHIFT = np.uint8(15), np.uint8(4)
 Q8_0_BYTES, Q4_0_BYTES, Q4_1_BYTES = 34, 18, 20
 
 
@@ -87,11 +88,22 @@ def matvec_q8_0(w, x, out, f16):
 # are computed once per call, the inner loop is the same nibble dot product.
 
 @njit(inline="always")
+def _lo(v):
+    # np.bitwise_and keeps uint8 (the & operator widens to int64, and 64-bit lanes vectorize 4x worse)
+    return f32(np.bitwise_and(v, LO))
+
+
+@njit(inline="always")
+def _hi(v):
+    return f32(np.right_shift(v, SHIFT))
+
+
+@njit(inline="always")
 def _nibble_dot(w, r, o, x, xo):
     s = f32(0)
     for j in range(16):
-        q = i32(w[U(r), U(o + j)])
-        s += f32(q & 15) * x[U(xo + j)] + f32(q >> 4) * x[U(xo + j + 16)]
+        v = w[U(r), U(o + j)]
+        s += _lo(v) * x[U(xo + j)] + _hi(v) * x[U(xo + j + 16)]
     return s
 
 
@@ -127,10 +139,10 @@ def _matvec_q4(w, x, out, f16, block_bytes):
             for j in range(16):
                 xl = x[U(xo + j)]
                 xh = x[U(xo + j + 16)]
-                v = i32(w[U(r), U(o + q + j)]); s0 += f32(v & 15) * xl + f32(v >> 4) * xh
-                v = i32(w[U(r + 1), U(o + q + j)]); s1 += f32(v & 15) * xl + f32(v >> 4) * xh
-                v = i32(w[U(r + 2), U(o + q + j)]); s2 += f32(v & 15) * xl + f32(v >> 4) * xh
-                v = i32(w[U(r + 3), U(o + q + j)]); s3 += f32(v & 15) * xl + f32(v >> 4) * xh
+                v = w[U(r), U(o + q + j)]; s0 += _lo(v) * xl + _hi(v) * xh
+                v = w[U(r + 1), U(o + q + j)]; s1 += _lo(v) * xl + _hi(v) * xh
+                v = w[U(r + 2), U(o + q + j)]; s2 += _lo(v) * xl + _hi(v) * xh
+                v = w[U(r + 3), U(o + q + j)]; s3 += _lo(v) * xl + _hi(v) * xh
             xs = xsum[U(b)]
             if block_bytes == Q4_0_BYTES:
                 xs8 = f32(8) * xs
