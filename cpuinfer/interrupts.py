@@ -12,10 +12,10 @@ from typing import Iterator
 def interrupts_deferred() -> Iterator[None]:
     """Hold SIGINT until the block ends, then raise KeyboardInterrupt.
 
-    A forward chunk writes keys/values into the rolling buffer layer by layer;
-    stopping it half way would leave slots overwritten for positions the cache
-    does not count. Deferring Ctrl-C to the end of the chunk (at most ~1 s)
-    keeps the cache and its position in step. Only the main thread gets signals.
+    Used around the step that stores a forward chunk's keys/values in the
+    cache and advances its position: stopped half way, a rolling buffer would
+    hold slots overwritten for positions it does not count. The step is short,
+    so Ctrl-C still answers at once. Only the main thread gets signals.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

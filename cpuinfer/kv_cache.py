@@ -49,8 +49,9 @@ class RollingKVCache:
                 "(start a new conversation, or load the model with a larger n_ctx)")
 
     def store(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
-        """Write the keys/values [T, kv_heads, head_dim] of positions pos .. pos+T-1."""
-        store_kv(self.k[layer], self.v[layer], k_new, v_new, self.pos)
+        """Write the keys/values [T, kv_heads * head_dim] of positions pos .. pos+T-1."""
+        shape = (k_new.shape[0], self.k.shape[1], self.k.shape[3])
+        store_kv(self.k[layer], self.v[layer], k_new.reshape(shape), v_new.reshape(shape), self.pos)
 
     def advance(self, n: int) -> None:
         self.pos += n

@@ -10,7 +10,7 @@ these plain threads run, each calling single-threaded BLAS and nogil kernels.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
 import numpy as np
@@ -34,7 +34,11 @@ class Workers:
         k = min(self.threads, n)
         parts = [(n * i // k, n * (i + 1) // k) for i in range(k)]
         futures = [self._executor.submit(fn, self.tiles[i], *parts[i]) for i in range(1, k)]
-        if k:
-            fn(self.tiles[0], *parts[0])
-        for f in futures:
-            f.result()
+        try:
+            if k:
+                fn(self.tiles[0], *parts[0])
+            for f in futures:
+                f.result()
+        except BaseException:  # Ctrl-C: let the other parts finish before the buffers are reused
+            wait(futures)
+            raise

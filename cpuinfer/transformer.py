@@ -21,17 +21,21 @@ from .parallel import Workers
 from .moe import ExpertStats, moe_feed_forward
 from .weights import Layer, Weights
 
-# Prompt chunks: large enough that BLAS runs near its peak and dequantized weight
-# tiles are reused (pp512 on SmolLM2 here: 64 -> 405 t/s, 256 -> 588 t/s), small
-# enough that Ctrl-C and progress reports come back within a couple of seconds.
-CHUNK_FLOPS = 2e11  # ~2 s of prompt work at ~100 GFLOP/s
+# Prompt chunks: large enough that BLAS runs near its peak and each dequantized
+# weight tile serves many tokens (measured here, pp512 on SmolLM2: 64 tokens ->
+# 405 t/s, 256 -> 588; pp128 on Mistral-7B Q4_0: 32 -> 7.2, 128 -> 12.9), small
+# enough that progress reports come every few seconds. A mixture of experts
+# reads every chosen expert once per chunk: there the largest chunk wins.
+CHUNK_FLOPS = 4e12
 MIN_BATCH, MAX_BATCH = 32, 256
 
 
 def prompt_batch(cfg: ModelConfig) -> int:
-    """Tokens per prompt chunk for this model: a power of two in [32, 256] worth ~CHUNK_FLOPS."""
+    """Tokens per prompt chunk: a power of two in [32, 256] worth about CHUNK_FLOPS (MoE: 256)."""
+    if cfg.is_moe:
+        return MAX_BATCH
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    per_layer = 2 * cfg.dim * (q_dim + kv_dim) + 3 * cfg.dim * cfg.ffn_dim * max(1, cfg.n_experts_used)
+    per_layer = 2 * cfg.dim * (q_dim + kv_dim) + 3 * cfg.dim * cfg.ffn_dim
     flops_per_token = 2 * (cfg.n_layers * per_layer + cfg.n_vocab * cfg.dim)
     batch = MIN_BATCH
     while batch < MAX_BATCH and 2 * batch * flops_per_token <= CHUNK_FLOPS:
@@ -46,7 +50,7 @@ class Scratch:
     x: np.ndarray  # residual stream [B, dim]
     h: np.ndarray  # normalized input of a block [B, dim]
     q: np.ndarray  # [B, heads * head_dim]
-    k: np.ndarray  # [B, kv_heads * head_dim]
+    k: np.ndarray  # every layer's new keys [layers, B, kv_heads * head_dim], cached when the chunk ends
     v: np.ndarray
     attn: np.ndarray  # attention output before wo [B, heads * head_dim]
     o: np.ndarray  # block output [B, dim]
@@ -61,7 +65,8 @@ class Scratch:
             return np.zeros((batch, n), dtype=np.float32)
 
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        return cls(buf(cfg.dim), buf(cfg.dim), buf(q_dim), buf(kv_dim), buf(kv_dim), buf(q_dim),
+        kv = (cfg.n_layers, batch, kv_dim)
+        return cls(buf(cfg.dim), buf(cfg.dim), buf(q_dim), np.zeros(kv, np.float32), np.zeros(kv, np.float32), buf(q_dim),
                    buf(cfg.dim), buf(cfg.ffn_dim), buf(cfg.ffn_dim), buf(cfg.dim), buf(max(cfg.n_experts, 1)))
 
 
@@ -107,8 +112,7 @@ class Transformer:
         for start in range(0, ids.size, self.batch):
             chunk = ids[start:start + self.batch]
             last = start + chunk.size == ids.size
-            with interrupts_deferred():
-                logits = self._forward_chunk(chunk, n_logits=chunk.size if all_logits else int(last))
+            logits = self._forward_chunk(chunk, n_logits=chunk.size if all_logits else int(last))
             if logits.shape[0]:
                 outputs.append(logits)
             if on_chunk is not None:
@@ -116,7 +120,13 @@ class Transformer:
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _forward_chunk(self, ids: np.ndarray, n_logits: int) -> np.ndarray:
-        """Process one chunk; return the logits of its last `n_logits` tokens."""
+        """Process one chunk; return the logits of its last `n_logits` tokens.
+
+        The chunk's keys and values reach the cache only at the end, in one
+        step that Ctrl-C cannot split: an interrupted chunk leaves the cache as
+        it was (in a rolling buffer, half-stored positions would overwrite
+        slots that earlier positions still need).
+        """
         cfg, w, s = self.config, self.weights, self.scratch
         T = ids.size
         x = s.x[:T]
@@ -125,12 +135,15 @@ class Transformer:
         for i, layer in enumerate(w.layers):
             x += self._attention(i, layer, x, cos, sin)
             x += self._feed_forward(i, layer, x)
-        self.cache.advance(T)
         logits = np.empty((n_logits, cfg.n_vocab), dtype=np.float32)
         if n_logits:
             h = s.h[:n_logits]
             rms_norm(x[T - n_logits:], w.out_norm, cfg.norm_eps, h)
             matmul(w.output, h, logits, self.workers)
+        with interrupts_deferred():
+            for i in range(cfg.n_layers):
+                self.cache.store(i, s.k[i, :T], s.v[i, :T])
+            self.cache.advance(T)
         return logits
 
     def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -139,8 +152,8 @@ class Transformer:
         h = s.h[:T]
         rms_norm(x, layer.attn_norm, cfg.norm_eps, h)
         q = matmul(layer.wq, h, s.q[:T], self.workers).reshape(T, cfg.n_heads, cfg.head_dim)
-        k = matmul(layer.wk, h, s.k[:T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        v = matmul(layer.wv, h, s.v[:T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        k = matmul(layer.wk, h, s.k[i, :T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = matmul(layer.wv, h, s.v[i, :T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
         rope(q, cos, sin)
         rope(k, cos, sin)
         out = s.attn[:T]
@@ -149,7 +162,6 @@ class Transformer:
             attention(*args)
         else:
             self.workers.run(lambda _, start, stop: attention_items(*args, start, stop), T * cfg.n_kv_heads)
-        cache.store(i, k, v)
         return matmul(layer.wo, out, s.o[:T], self.workers)
 
     def _feed_forward(self, i: int, layer: Layer, x: np.ndarray) -> np.ndarray:
