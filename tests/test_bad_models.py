@@ -223,15 +223,6 @@ MISTRAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(MISTRAL_CASES))
-def test_inconsistent_file_is_refused_with_a_clear_message(mistral_parts, tmp_path, case):
-    change, message = MISTRAL_CASES[case]
-    parts = mistral_parts.copy()
-    change(parts)
-    msg = load_error(parts.write(tmp_path / "bad.gguf"))
-    assert re.search(message, msg), msg
-
-
 MIXTRAL_CASES = {
     "expert_count lower": (lambda p: p.set("llama.expert_count", 3), r"ffn_gate_inp\.weight has shape \[4, 64\]"),
     "expert_count higher": (lambda p: p.set("llama.expert_count", 8), r"ffn_gate_inp\.weight has shape \[4, 64\]"),
@@ -247,10 +238,15 @@ MIXTRAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(MIXTRAL_CASES))
-def test_inconsistent_mixtral_file_is_refused(mixtral_parts, tmp_path, case):
-    change, message = MIXTRAL_CASES[case]
-    parts = mixtral_parts.copy()
+INCONSISTENT = [("mistral_parts", c, MISTRAL_CASES[c]) for c in MISTRAL_CASES] + \
+               [("mixtral_parts", c, MIXTRAL_CASES[c]) for c in MIXTRAL_CASES]
+
+
+@pytest.mark.parametrize("parts_fixture, case, change_and_message", INCONSISTENT, ids=[c[1] for c in INCONSISTENT])
+def test_inconsistent_file_is_refused_with_a_clear_message(request, tmp_path, parts_fixture, case,
+                                                           change_and_message):
+    change, message = change_and_message
+    parts = request.getfixturevalue(parts_fixture).copy()
     change(parts)
     msg = load_error(parts.write(tmp_path / "bad.gguf"))
     assert re.search(message, msg), msg
