@@ -24,7 +24,17 @@ def smol(smollm2):
 
 @pytest.fixture(scope="module")
 def mistral():
+    """The real Mistral vocabulary in a GGUF written by llama.cpp's own converter."""
     return from_gguf_metadata(GGUFFile(REFERENCE / "mistral-vocab-llamacpp.gguf").metadata)
+
+
+@pytest.fixture(scope="module")
+def mistral_cpuinfer(converted):
+    """The same vocabulary in a GGUF written by `cpuinfer quantize`."""
+    return from_gguf_metadata(GGUFFile(converted("mistral", "q8_0")).metadata)
+
+
+BOTH_WRITERS = pytest.mark.parametrize("writer", ["mistral", "mistral_cpuinfer"])
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +91,10 @@ def test_smollm2_generated_text_round_trips(smol):
 
 # --- Mistral: SentencePiece BPE with byte fallback -----------------------------------
 
+@BOTH_WRITERS
 @pytest.mark.parametrize("name, text, ids", reference_cases(MISTRAL_REF))
-def test_mistral_ids_equal_sentencepiece_and_llamacpp(mistral, sp, name, text, ids):
+def test_mistral_ids_equal_sentencepiece_and_llamacpp(request, writer, sp, name, text, ids):
+    mistral = request.getfixturevalue(writer)
     ours = mistral.encode(text)
     assert ours == sp.encode(text)
     assert ours == MISTRAL_REF["texts"][name].get("sentencepiece_ids", ids)
@@ -90,8 +102,10 @@ def test_mistral_ids_equal_sentencepiece_and_llamacpp(mistral, sp, name, text, i
     assert mistral.decode(ours) == sp.decode(ours)
 
 
+@BOTH_WRITERS
 @pytest.mark.parametrize("seed", range(4))
-def test_mistral_generated_text_equals_sentencepiece(mistral, sp, seed):
+def test_mistral_generated_text_equals_sentencepiece(request, writer, sp, seed):
+    mistral = request.getfixturevalue(writer)
     text = generated_text(seed)
     ours = mistral.encode(text)
     assert ours == sp.encode(text)
