@@ -6,9 +6,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def short_name(model: str) -> str:
+    """'smollm2-135m-q8_0.gguf' -> 'Q8_0'; other names lose only their extension."""
+    match = re.search(r"(q\d_\d|f16|f32)\.gguf$", model, re.IGNORECASE)
+    return match.group(1).upper() if match else model.removesuffix(".gguf")
 
 
 def speed_plot(rows: list[dict], out: Path) -> None:
@@ -19,7 +26,7 @@ def speed_plot(rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(tests), figsize=(6 * len(tests), 4), squeeze=False)
     for ax, test in zip(axes[0], tests):
         sel = [r for r in rows if r["test"] == test]
-        labels = [f"{r['model'].removesuffix('.gguf')}\n{r['threads']}T" for r in sel]
+        labels = [f"{short_name(r['model'])}\n{r['threads']}T" for r in sel]
         width = 0.8 / len(engines)
         for i, engine in enumerate(engines):
             ax.bar([x + i * width for x in range(len(sel))], [r.get(engine, 0) for r in sel], width, label=engine)

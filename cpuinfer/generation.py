@@ -28,7 +28,7 @@ def generate(model, ids: list[int], sampler: Sampler, max_tokens: int | None = N
         yield token
         if token in stop_ids or (max_tokens is not None and n >= max_tokens):
             return
-        room = model.transformer.cache.room()
+        room = model.room()
         if room is not None and room < 1:
             return
         logits = model.forward([token], all_logits=False)[-1]

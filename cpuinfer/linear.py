@@ -17,7 +17,6 @@ from gguf.constants import GGMLQuantizationType as QT
 from .errors import GGUFError
 from .gguf_file import GGUFFile, TensorInfo
 from .kernels import dequant, matvec
-from .kernels.fp16 import F16_TO_F32
 from .parallel import Workers
 
 SUPPORTED_TYPES = {QT.F32: "F32", QT.F16: "F16", QT.Q8_0: "Q8_0", QT.Q4_0: "Q4_0", QT.Q4_1: "Q4_1"}
@@ -72,7 +71,7 @@ def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.nd
     if x.shape[0] <= MATVEC_MAX_ROWS and w.ggml_type != QT.F32:
         kernel = _MATVEC[w.ggml_type]
         for t in range(x.shape[0]):
-            kernel(w.data, x[t], out[t], F16_TO_F32)
+            kernel(w.data, x[t], out[t])
         return out
 
     def rows(tile: np.ndarray, start: int, stop: int) -> None:
@@ -85,7 +84,7 @@ def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.nd
         for r0 in range(start, stop, step):
             n = min(step, stop - r0)
             dense = tile[: n * w.cols].reshape(n, w.cols)
-            _DEQUANT[w.ggml_type](w.data, r0, dense, F16_TO_F32)
+            _DEQUANT[w.ggml_type](w.data, r0, dense)
             np.matmul(x, dense.T, out=out[:, r0:r0 + n])
 
     workers.run(rows, w.rows)
@@ -98,5 +97,5 @@ def embed(w: Linear, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.take(w.data, ids, axis=0, out=out)
         return out
     for t, i in enumerate(ids):
-        _DEQUANT[w.ggml_type](w.data, int(i), out[t:t + 1], F16_TO_F32)
+        _DEQUANT[w.ggml_type](w.data, int(i), out[t:t + 1])
     return out

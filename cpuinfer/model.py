@@ -51,6 +51,15 @@ class Model:
         return self.transformer.cache.n_ctx
 
     @property
+    def context_limit(self) -> int | None:
+        """Most tokens a sequence may hold; None when a sliding window lets the cache roll forever."""
+        return None if self.transformer.cache.sliding else self.n_ctx
+
+    def room(self) -> int | None:
+        """Positions left before the context is full (None: it never fills)."""
+        return self.transformer.cache.room()
+
+    @property
     def pos(self) -> int:
         """Tokens in the KV cache (positions processed since the last reset)."""
         return self.transformer.pos

@@ -66,10 +66,10 @@ class ChatSession:
             raise CpuinferError("empty message")
         self.messages.append({"role": "user", "content": text})
         target = self.model.tokenizer.apply_chat_template(self.conversation(), add_generation_prompt=True)
-        room = self.model.n_ctx if not self.model.transformer.cache.sliding else None
-        if room is not None and len(target) >= room:
+        limit = self.model.context_limit
+        if limit is not None and len(target) >= limit:
             self.messages.pop()
-            raise ContextFullError(f"context full: the conversation needs {len(target)} tokens of {room}; "
+            raise ContextFullError(f"context full: the conversation needs {len(target)} tokens of {limit}; "
                                    "use /reset to start over or /drop to forget the oldest exchange")
         new = self._keep_common_prefix(target)
         reply = self.last = Reply(self.model, new, self.sampler, max_tokens=self.max_tokens, on_prefill=on_prefill)

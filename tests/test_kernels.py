@@ -11,7 +11,6 @@ from cpuinfer.config import ModelConfig
 from cpuinfer.errors import ContextFullError
 from cpuinfer.kernels import attention as att
 from cpuinfer.kernels import dequant, matvec, nn
-from cpuinfer.kernels.fp16 import F16_TO_F32
 from cpuinfer.kv_cache import RollingKVCache
 from cpuinfer.linear import Linear, embed, matmul
 from cpuinfer.parallel import Workers
@@ -67,7 +66,7 @@ def assert_close_to_scale(out, ref, scale, rtol=1e-5):
 
 def run_matvec(qtype, w, x):
     out = np.full(w.shape[0], np.nan, dtype=np.float32)
-    MATVEC[qtype](w, x, out, F16_TO_F32)
+    MATVEC[qtype](w, x, out)
     return out
 
 
@@ -107,7 +106,7 @@ def test_dequant_rows_bit_exact(qtype, make):
     ref = dense(qtype, w)
     for r0, n in [(0, 9), (3, 4), (8, 1)]:
         out = np.full((n, 96), np.nan, dtype=np.float32)
-        DEQUANT[qtype](w, r0, out, F16_TO_F32)
+        DEQUANT[qtype](w, r0, out)
         assert_bit_exact(out, ref[r0:r0 + n])
 
 
@@ -119,11 +118,23 @@ def assert_bit_exact(out, ref):
     assert not out[~nonzero].any()
 
 
-def test_f16_table_is_exact():
+def test_half_to_float_is_exact_for_every_bit_pattern():
+    from numba import njit
+
+    from cpuinfer.kernels.llvm import half_to_float
+
+    @njit
+    def convert(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = half_to_float(bits[i])
+
     bits = np.arange(65536, dtype=np.uint16)
-    finite = np.isfinite(bits.view(np.float16))
-    assert np.array_equal(F16_TO_F32[finite], bits.view(np.float16)[finite].astype(np.float32))
-    assert np.isnan(F16_TO_F32[~finite & np.isnan(bits.view(np.float16))]).all()
+    out = np.empty(65536, dtype=np.float32)
+    convert(bits, out)
+    want = bits.view(np.float16).astype(np.float32)
+    finite = np.isfinite(want)
+    assert np.array_equal(out[finite].view(np.uint32), want[finite].view(np.uint32))  # -0.0 and subnormals too
+    assert np.array_equal(np.isinf(out), np.isinf(want)) and np.array_equal(np.isnan(out), np.isnan(want))
 
 
 # --- linear.matmul ---------------------------------------------------------------------

@@ -42,8 +42,8 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
             ids = tok.apply_chat_template(messages, add_generation_prompt=True)
         else:
             ids = tok.encode(prompt, bos=tok.add_bos)
-        room = m.transformer.cache.room()
-        if room is not None and len(ids) >= room:
+        limit = m.context_limit
+        if limit is not None and len(ids) >= limit:
             raise CpuinferError(f"the prompt has {len(ids)} tokens; the context holds {m.n_ctx} "
                                 "(use --ctx to enlarge it)")
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)

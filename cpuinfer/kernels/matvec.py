@@ -23,7 +23,7 @@ computed once per call.
 import numpy as np
 from numba import njit, prange
 
-from .llvm import prefetch, stack_zeros
+from .llvm import half_to_float, prefetch, stack_zeros
 
 U = np.uintp
 f32 = np.float32
@@ -33,9 +33,9 @@ Q8_0_BYTES, Q4_0_BYTES, Q4_1_BYTES = 34, 18, 20
 
 
 @njit(inline="always")
-def _f16(w, r, o, f16):
-    """The f16 stored at bytes o, o+1 of row r, as float32."""
-    return f16[U(w[U(r), U(o)] | (i32(w[U(r), U(o + 1)]) << 8))]
+def _f16(w, r, o):
+    """The float16 stored little-endian at bytes o, o+1 of row r, as float32."""
+    return half_to_float(w[U(r), U(o)] | (i32(w[U(r), U(o + 1)]) << 8))
 
 
 @njit(inline="always")
@@ -72,34 +72,34 @@ def _lane_sum(acc):
 # --- Q8_0 -------------------------------------------------------------------
 
 @njit(inline="always")
-def _row_q8_0(w, r, x, f16):
+def _row_q8_0(w, r, x):
     acc = f32(0)
     for b in range(w.shape[1] // Q8_0_BYTES):
         o = b * Q8_0_BYTES
         s = f32(0)
         for j in range(32):
             s += f32(np.int8(w[U(r), U(o + 2 + j)])) * x[U(b * 32 + j)]
-        acc += _f16(w, r, o, f16) * s
+        acc += _f16(w, r, o) * s
     return acc
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q8_0(w, x, out, f16):
+def matvec_q8_0(w, x, out):
     """out[r] = sum_k dequant(w)[r, k] * x[k] for Q8_0 rows `w` (uint8 [rows, K/32*34])."""
     rows = w.shape[0]
     for g in prange((rows + 3) // 4):
         r = g * 4
         if r + 4 > rows:
             for t in range(r, rows):
-                out[U(t)] = _row_q8_0(w, t, x, f16)
+                out[U(t)] = _row_q8_0(w, t, x)
             continue
         a0 = stack_zeros(32); a1 = stack_zeros(32); a2 = stack_zeros(32); a3 = stack_zeros(32)
         for b in range(w.shape[1] // Q8_0_BYTES):
             o = b * Q8_0_BYTES
             for k in range(4):
                 prefetch(w, U(r + 4 + k), U(o))
-            d0 = _f16(w, r, o, f16); d1 = _f16(w, r + 1, o, f16)
-            d2 = _f16(w, r + 2, o, f16); d3 = _f16(w, r + 3, o, f16)
+            d0 = _f16(w, r, o); d1 = _f16(w, r + 1, o)
+            d2 = _f16(w, r + 2, o); d3 = _f16(w, r + 3, o)
             for j in range(32):
                 xv = x[U(b * 32 + j)]
                 a0[j] += d0 * (f32(np.int8(w[U(r), U(o + 2 + j)])) * xv)
@@ -113,15 +113,15 @@ def matvec_q8_0(w, x, out, f16):
 # --- Q4_0 / Q4_1 ------------------------------------------------------------
 
 @njit(inline="always")
-def _offset_part(w, r, o, f16, xs, block_bytes):
+def _offset_part(w, r, o, xs, block_bytes):
     """The block's constant term: -8*d*sum(x) for Q4_0, m*sum(x) for Q4_1."""
     if block_bytes == Q4_0_BYTES:
-        return f32(-8) * _f16(w, r, o, f16) * xs
-    return _f16(w, r, o + 2, f16) * xs
+        return f32(-8) * _f16(w, r, o) * xs
+    return _f16(w, r, o + 2) * xs
 
 
 @njit(inline="always")
-def _row_q4(w, r, x, xsum, f16, block_bytes):
+def _row_q4(w, r, x, xsum, block_bytes):
     acc = f32(0)
     for b in range(w.shape[1] // block_bytes):
         o = b * block_bytes
@@ -130,19 +130,19 @@ def _row_q4(w, r, x, xsum, f16, block_bytes):
         for j in range(16):
             v = w[U(r), U(q + j)]
             s += _lo(v) * x[U(b * 32 + j)] + _hi(v) * x[U(b * 32 + j + 16)]
-        acc += _f16(w, r, o, f16) * s + _offset_part(w, r, o, f16, xsum[U(b)], block_bytes)
+        acc += _f16(w, r, o) * s + _offset_part(w, r, o, xsum[U(b)], block_bytes)
     return acc
 
 
 @njit(inline="always")
-def _matvec_q4(w, x, out, f16, block_bytes):
+def _matvec_q4(w, x, out, block_bytes):
     rows = w.shape[0]
     xsum = _block_sums(x)
     for g in prange((rows + 3) // 4):
         r = g * 4
         if r + 4 > rows:
             for t in range(r, rows):
-                out[U(t)] = _row_q4(w, t, x, xsum, f16, block_bytes)
+                out[U(t)] = _row_q4(w, t, x, xsum, block_bytes)
             continue
         a0 = stack_zeros(16); a1 = stack_zeros(16); a2 = stack_zeros(16); a3 = stack_zeros(16)
         c0 = f32(0); c1 = f32(0); c2 = f32(0); c3 = f32(0)
@@ -152,8 +152,8 @@ def _matvec_q4(w, x, out, f16, block_bytes):
             xo = b * 32
             for k in range(4):
                 prefetch(w, U(r + 4 + k), U(o))
-            d0 = _f16(w, r, o, f16); d1 = _f16(w, r + 1, o, f16)
-            d2 = _f16(w, r + 2, o, f16); d3 = _f16(w, r + 3, o, f16)
+            d0 = _f16(w, r, o); d1 = _f16(w, r + 1, o)
+            d2 = _f16(w, r + 2, o); d3 = _f16(w, r + 3, o)
             for j in range(16):
                 xl = x[U(xo + j)]
                 xh = x[U(xo + j + 16)]
@@ -162,33 +162,56 @@ def _matvec_q4(w, x, out, f16, block_bytes):
                 v = w[U(r + 2), U(q + j)]; a2[j] += d2 * (_lo(v) * xl + _hi(v) * xh)
                 v = w[U(r + 3), U(q + j)]; a3[j] += d3 * (_lo(v) * xl + _hi(v) * xh)
             xs = xsum[U(b)]
-            c0 += _offset_part(w, r, o, f16, xs, block_bytes)
-            c1 += _offset_part(w, r + 1, o, f16, xs, block_bytes)
-            c2 += _offset_part(w, r + 2, o, f16, xs, block_bytes)
-            c3 += _offset_part(w, r + 3, o, f16, xs, block_bytes)
+            c0 += _offset_part(w, r, o, xs, block_bytes)
+            c1 += _offset_part(w, r + 1, o, xs, block_bytes)
+            c2 += _offset_part(w, r + 2, o, xs, block_bytes)
+            c3 += _offset_part(w, r + 3, o, xs, block_bytes)
         out[U(r)] = _lane_sum(a0) + c0; out[U(r + 1)] = _lane_sum(a1) + c1
         out[U(r + 2)] = _lane_sum(a2) + c2; out[U(r + 3)] = _lane_sum(a3) + c3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q4_0(w, x, out, f16):
+def matvec_q4_0(w, x, out):
     """out = dequant(w) @ x for Q4_0 rows `w` (uint8 [rows, K/32*18])."""
-    _matvec_q4(w, x, out, f16, Q4_0_BYTES)
+    _matvec_q4(w, x, out, Q4_0_BYTES)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_q4_1(w, x, out, f16):
+def matvec_q4_1(w, x, out):
     """out = dequant(w) @ x for Q4_1 rows `w` (uint8 [rows, K/32*20])."""
-    _matvec_q4(w, x, out, f16, Q4_1_BYTES)
+    _matvec_q4(w, x, out, Q4_1_BYTES)
 
 
 # --- float16 weights --------------------------------------------------------
 
+@njit(inline="always")
+def _row_f16(w, r, x):
+    acc = f32(0)
+    for k in range(w.shape[1]):
+        acc += half_to_float(w[U(r), U(k)]) * x[U(k)]
+    return acc
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_f16(w, x, out, f16):
-    """out = w @ x for float16 `w` given as its uint16 bits [rows, K]."""
-    for r in prange(w.shape[0]):
-        acc = f32(0)
-        for k in range(w.shape[1]):
-            acc += f16[U(w[U(r), U(k)])] * x[U(k)]
-        out[U(r)] = acc
+def matvec_f16(w, x, out):
+    """out = w @ x for float16 `w` given as its uint16 bits [rows, K] (K a multiple of 16)."""
+    rows = w.shape[0]
+    for g in prange((rows + 3) // 4):
+        r = g * 4
+        if r + 4 > rows or w.shape[1] % 16:
+            for t in range(r, min(r + 4, rows)):
+                out[U(t)] = _row_f16(w, t, x)
+            continue
+        a0 = stack_zeros(16); a1 = stack_zeros(16); a2 = stack_zeros(16); a3 = stack_zeros(16)
+        for c in range(w.shape[1] // 16):
+            o = c * 16
+            for k in range(4):
+                prefetch(w, U(r + 4 + k), U(o))
+            for j in range(16):
+                xv = x[U(o + j)]
+                a0[j] += half_to_float(w[U(r), U(o + j)]) * xv
+                a1[j] += half_to_float(w[U(r + 1), U(o + j)]) * xv
+                a2[j] += half_to_float(w[U(r + 2), U(o + j)]) * xv
+                a3[j] += half_to_float(w[U(r + 3), U(o + j)]) * xv
+        out[U(r)] = _lane_sum(a0); out[U(r + 1)] = _lane_sum(a1)
+        out[U(r + 2)] = _lane_sum(a2); out[U(r + 3)] = _lane_sum(a3)
