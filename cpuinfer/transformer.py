@@ -1,7 +1,8 @@
 """The decoder: embeddings -> N x (attention, feed-forward) -> norm -> logits.
 
 Reads like the Llama/Mistral papers; every step is one kernel call over
-preallocated buffers, so a decoded token allocates nothing but its logits.
+activation buffers allocated once, so a decoded token allocates little more
+than its logits.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import CpuinferError
+from .interrupts import interrupts_deferred
 from .kernels.attention import attention, attention_items
 from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
-from .interrupts import interrupts_deferred
 from .kv_cache import RollingKVCache
 from .linear import embed, matmul
-from .parallel import Workers
 from .moe import ExpertStats, moe_feed_forward
+from .parallel import Workers
 from .weights import Layer, Weights
 
 # Prompt chunks: large enough that BLAS runs near its peak and each dequantized
@@ -65,9 +66,10 @@ class Scratch:
             return np.zeros((batch, n), dtype=np.float32)
 
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        kv = (cfg.n_layers, batch, kv_dim)
-        return cls(buf(cfg.dim), buf(cfg.dim), buf(q_dim), np.zeros(kv, np.float32), np.zeros(kv, np.float32), buf(q_dim),
-                   buf(cfg.dim), buf(cfg.ffn_dim), buf(cfg.ffn_dim), buf(cfg.dim), buf(max(cfg.n_experts, 1)))
+        per_layer_kv = (cfg.n_layers, batch, kv_dim)
+        return cls(x=buf(cfg.dim), h=buf(cfg.dim), q=buf(q_dim), k=np.zeros(per_layer_kv, np.float32),
+                   v=np.zeros(per_layer_kv, np.float32), attn=buf(q_dim), o=buf(cfg.dim), gate=buf(cfg.ffn_dim),
+                   up=buf(cfg.ffn_dim), down=buf(cfg.dim), router=buf(max(cfg.n_experts, 1)))
 
 
 class Transformer:
