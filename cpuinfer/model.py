@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import ModelConfig
-from .errors import GGUFError
+from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
 from .threads import physical_cores, set_threads
 from .tokenizer import Tokenizer, from_gguf_metadata
@@ -36,10 +36,15 @@ class Model:
         weights = load_weights(self.file, self.config)
         if n_ctx is None:
             n_ctx = min(self.config.context_length, DEFAULT_MAX_CTX)
-        if n_ctx <= 0:
-            raise GGUFError(f"n_ctx must be positive, got {n_ctx}")
+        # With a sliding window the cache holds min(window, n_ctx) slots whatever n_ctx is.
+        if n_ctx <= 0 or (n_ctx > self.config.context_length and not self.config.sliding_window):
+            raise CpuinferError(f"the context must be 1..{self.config.context_length} tokens "
+                                f"(the length this model was trained for), not {n_ctx}")
         self.threads = set_threads(threads or physical_cores())
-        self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
+        try:
+            self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
+        except MemoryError:
+            raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
 
     def set_threads(self, threads: int) -> None:
         """Run on `threads` threads from now on."""
