@@ -299,8 +299,10 @@ def test_missing_file_and_bad_n_ctx(converted, tmp_path):
     assert "no such file" in load_error(tmp_path / "nothing.gguf")
     assert "is a folder" in load_error(tmp_path)
     for n_ctx in (0, -3):
-        with pytest.raises(CpuinferError, match="n_ctx"):
+        with pytest.raises(CpuinferError, match="the context must be"):
             cpuinfer.load(converted("mistral", "q4_0"), n_ctx=n_ctx)
+    with pytest.raises(CpuinferError, match="trained for"):
+        cpuinfer.load(converted("llama", "q4_0"), n_ctx=5000)  # no sliding window, trained for 4096
 
 
 def test_token_ids_outside_the_vocabulary(converted):
