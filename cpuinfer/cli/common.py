@@ -46,10 +46,19 @@ def model_path(model: str | None) -> Path:
 
 
 def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False):
-    """Load a model with a status line on stderr (first runs also compile the kernels)."""
+    """Load a model and run its kernels once, with a status line on stderr.
+
+    The warm-up compiles the numba kernels on the very first run (~10 s; later
+    runs load them from the cache in well under a second), so the first reply
+    and every timing shown afterwards measure inference, not compilation.
+    """
     from ..model import load
 
     path = model_path(model)
     with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
             else contextlib.nullcontext():
-        return load(path, n_ctx=n_ctx, threads=threads)
+        m = load(path, n_ctx=n_ctx, threads=threads)
+        m.forward([0, 0, 0], all_logits=False)  # a prompt chunk (dequantize + BLAS path)
+        m.forward([0], all_logits=False)  # a decoded token (matvec kernels)
+        m.reset()
+        return m
