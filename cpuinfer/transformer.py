@@ -14,7 +14,8 @@ import numpy as np
 from .config import ModelConfig
 from .errors import CpuinferError
 from .interrupts import interrupts_deferred
-from .kernels.attention import attention, attention_items
+from .batched_attention import attend_kv_head
+from .kernels.attention import attention
 from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
 from .kv_cache import RollingKVCache
 from .linear import embed, matmul
@@ -163,7 +164,10 @@ class Transformer:
         if T == 1:
             attention(*args)
         else:
-            self.workers.run(lambda _, start, stop: attention_items(*args, start, stop), T * cfg.n_kv_heads)
+            def heads(_, start: int, stop: int) -> None:
+                for g in range(start, stop):
+                    attend_kv_head(*args, g)
+            self.workers.run(heads, cfg.n_kv_heads)
         return matmul(layer.wo, out, s.o[:T], self.workers)
 
     def _feed_forward(self, i: int, layer: Layer, x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from gguf.quants import dequantize, quantize
 
 from cpuinfer.config import ModelConfig
 from cpuinfer.errors import ContextFullError
+from cpuinfer.batched_attention import attend_kv_head
 from cpuinfer.kernels import attention as att
 from cpuinfer.kernels import dequant, matvec, nn
 from cpuinfer.kv_cache import RollingKVCache
@@ -258,12 +259,11 @@ def attention_case(rng, H, G, D, p0, T, S):
 def run_attention(kind, q, k_new, v_new, k_cache, v_cache, p0, window):
     out = np.full(q.shape, np.nan, dtype=np.float32)
     args = (q, k_new, v_new, k_cache, v_cache, p0, window, out)
-    if kind == "parallel":
+    if kind == "parallel":  # the numba kernel decoding uses
         att.attention(*args)
-    else:  # what the transformer's workers do: two ranges of (token, kv head) items
-        n = q.shape[0] * k_new.shape[1]
-        att.attention_items(*args, 0, n // 2)
-        att.attention_items(*args, n // 2, n)
+    else:  # what prompt chunks use: BLAS, one kv head at a time
+        for g in range(k_new.shape[1]):
+            attend_kv_head(*args, g)
     return out
 
 
@@ -278,7 +278,7 @@ ATTENTION_CASES = {  # name: (H, G, D, p0, T, S, window)
 }
 
 
-@pytest.mark.parametrize("kind", ["parallel", "items"])
+@pytest.mark.parametrize("kind", ["parallel", "batched"])
 @pytest.mark.parametrize("case", list(ATTENTION_CASES))
 def test_attention_matches_numpy(case, kind):
     H, G, D, p0, T, S, window = ATTENTION_CASES[case]
@@ -288,7 +288,7 @@ def test_attention_matches_numpy(case, kind):
     np.testing.assert_allclose(out, attention_reference(q, k_all, v_all, p0, window), rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind", ["parallel", "items"])
+@pytest.mark.parametrize("kind", ["parallel", "batched"])
 @pytest.mark.parametrize("p0, T", [(40, 1), (38, 3)])
 def test_sliding_window_boundary(kind, p0, T):
     """Query at position P sees keys j with P - W < j <= P: the W-th key back counts, the (W+1)-th not."""

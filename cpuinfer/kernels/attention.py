@@ -1,5 +1,8 @@
 """Causal grouped-query attention over a rolling KV buffer, with an optional sliding window.
 
+This numba kernel serves decoded tokens (and any chunk); prompt chunks use the
+BLAS formulation in batched_attention.py.
+
 The buffer holds the keys/values of earlier positions p at slot p % S (RoPE is
 applied before caching, so order inside the buffer does not matter). A chunk of
 new tokens attends to the cached positions and to itself; it is written into
@@ -81,13 +84,6 @@ def attention(q, k_new, v_new, k_cache, v_cache, p0, window, out):
     the whole group. Writes out [T, H, D].
     """
     for tg in prange(q.shape[0] * k_new.shape[1]):
-        _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg)
-
-
-@njit(nogil=True, fastmath=True, cache=True, error_model="numpy")
-def attention_items(q, k_new, v_new, k_cache, v_cache, p0, window, out, start, stop):
-    """`attention` for items start .. stop-1 of the T*G (token, kv head) items, on the calling thread."""
-    for tg in range(start, stop):
         _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg)
 
 
