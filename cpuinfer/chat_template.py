@@ -39,10 +39,18 @@ MISTRAL_V1 = (
     "{%- endif -%}"
     "{%- endfor -%}")
 
+# Llama 2 chat: the system prompt sits in <<SYS>> inside the first user turn.
 LLAMA2 = (
-    "{{ bos_token }}{% for m in messages if m.role != 'system' %}"
-    "{% if m.role == 'user' %}[INST] {% if loop.first and system %}<<SYS>>\n{{ system }}\n<</SYS>>\n\n{% endif %}"
-    "{{ m.content }} [/INST]{% else %} {{ m.content }} {{ eos_token }}{{ bos_token }}{% endif %}{% endfor %}")
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for m in messages if m.role == 'system' -%}{%- set ns.system = m.content -%}{%- endfor -%}"
+    "{{- bos_token -}}"
+    "{%- for m in messages if m.role != 'system' -%}"
+    "{%- if m.role == 'user' -%}"
+    "[INST] {% if loop.first and ns.system %}<<SYS>>\n{{ ns.system }}\n<</SYS>>\n\n{% endif %}{{ m.content }} [/INST]"
+    "{%- else -%}"
+    "{{- ' ' ~ m.content ~ ' ' ~ eos_token ~ bos_token -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}")
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

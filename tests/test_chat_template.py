@@ -107,3 +107,12 @@ def test_template_override(smollm2, tmp_path):
     assert tok.chat_template.name == "mistral"
     with pytest.raises(CpuinferError, match="not a file nor one of"):
         tok.use_chat_template("no-such-template")
+
+
+def test_llama2_builtin_puts_the_system_prompt_in_the_first_turn(mistral_tokenizer):
+    t = ChatTemplate(mistral_tokenizer, BUILTIN["llama2"])
+    conv = messages([("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")])
+    assert t.render(conv, add_generation_prompt=True) == \
+        "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]"
+    ids = t.encode(conv)
+    assert ids[0] == 1 and ids.count(2) == 1 and ids.count(1) == 2
