@@ -107,6 +107,8 @@ def test_chat_repl_in_a_terminal(smollm2):
         child.expect("Paris")
         child.expect(r"t/s · prompt \d+ tokens")
         child.expect(">>> ")
+        child.sendline("/reset")  # a fresh context: the next reply is known to run past 400 tokens
+        child.expect(">>> ")
         child.sendline("Tell me a very long story about a dragon and a knight, with many details.")
         child.expect(r"details\.\r\n")  # the echo of the line typed
         child.expect(r"\w+ \w+ \w+ \w+")  # some words of the reply (400+ tokens at temperature 0)
