@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import shlex
+import signal
 from typing import Optional
 
 import typer
@@ -62,6 +63,8 @@ class Repl:
             import readline  # noqa: F401  (arrow keys and history for input())
         except ImportError:
             pass
+        # A shell that starts us in the background makes SIGINT ignored; in the REPL Ctrl-C must stop a reply.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:
             try:
                 text = self.read()
