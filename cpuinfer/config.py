@@ -54,6 +54,9 @@ class ModelConfig:
                                 f"({type(value).__name__}), not a number")
             return kind(value)
 
+        scaling = md.get(f"{arch}.rope.scaling.type")
+        if scaling not in (None, "none"):
+            raise GGUFError(f"RoPE scaling {scaling!r} is not supported (cpuinfer runs plain RoPE)")
         dim, n_heads = get("embedding_length"), get("attention.head_count")
         n_kv_heads = get("attention.head_count_kv", n_heads)
         if n_heads <= 0 or n_kv_heads <= 0 or dim % n_heads or n_heads % n_kv_heads:

@@ -76,6 +76,8 @@ class _Tensors:
 
 def load_weights(gguf: GGUFFile, cfg: ModelConfig) -> Weights:
     """Map every tensor the model needs; nothing is copied but the small norm vectors of F16 files."""
+    if "rope_freqs.weight" in gguf.tensors:  # Llama 3.1's per-frequency RoPE scaling
+        raise GGUFError(f"{gguf.path}: RoPE frequency scaling (rope_freqs.weight) is not supported")
     t = _Tensors(gguf)
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     layers = []

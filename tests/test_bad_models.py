@@ -146,6 +146,7 @@ def test_rewriting_keeps_a_valid_file(mistral_parts, converted, tmp_path):
 SHAPE = r"tensor (\S+) has shape \[.*\], the metadata implies \[.*\]"
 
 MISTRAL_CASES = {
+    "rope scaling": (lambda p: p.set("llama.rope.scaling.type", "yarn", VT.STRING), "RoPE scaling 'yarn'"),
     "embedding_length": (lambda p: p.set("llama.embedding_length", 128), SHAPE),
     "head_count doubled": (lambda p: p.set("llama.attention.head_count", 8),
                            "rope dimension 16 does not fit head dimension 8"),
