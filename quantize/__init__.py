@@ -16,14 +16,13 @@ from cpuinfer.errors import CpuinferError
 
 from .checkpoint import open_consolidated, open_hf
 from .gguf_source import open_gguf
-from .quants import quantize_rows
+from .quants import QK, quantize_rows
 from .source import Source, SourceTensor
 from .writer import OutTensor, atomic_output, check_disk_space, estimated_size, write_gguf
 
 TYPES = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "f16": QT.F16, "f32": QT.F32}
 # llama.cpp's general.file_type (llama_ftype) for each requested type
 FILE_TYPES = {QT.F32: 0, QT.F16: 1, QT.Q4_0: 2, QT.Q4_1: 3, QT.Q8_0: 7}
-BLOCK = 32
 CHUNK_VALUES = 1 << 22  # float32 values converted at a time (16 MiB)
 
 __all__ = ["TYPES", "convert", "open_source", "plan_types"]
@@ -56,9 +55,9 @@ def plan_types(tensors: list[SourceTensor], qtype: int) -> list[OutTensor]:
             chosen = QT.F32
         elif qtype in (QT.F32, QT.F16):
             chosen = qtype
-        elif t.cols % BLOCK:
+        elif t.cols % QK:
             raise CpuinferError(f"tensor {t.name} has rows of {t.cols} values, not a multiple of the "
-                                f"{BLOCK}-value block of {QT(qtype).name}; choose f16 or f32")
+                                f"{QK}-value block of {QT(qtype).name}; choose f16 or f32")
         elif qtype in (QT.Q4_0, QT.Q4_1) and t.name in ("token_embd.weight", "output.weight"):
             chosen = QT.Q8_0
         else:

@@ -14,8 +14,9 @@ class Tokenizer:
     """Text <-> token ids for one GGUF vocabulary.
 
     `encode` never turns text into special tokens: what a user types stays
-    text. Only `encode_with_specials`, used for chat-template output, maps the
-    literal text of control tokens (`<s>`, `<|im_start|>`, ...) to their ids.
+    text. Only `split_specials` (and `encode_with_specials` on top of it), which
+    the chat templates use for their own text, maps the literal text of control
+    tokens (`<s>`, `<|im_start|>`, ...) to their ids.
     """
 
     def __init__(self, tokens: list[str], types: np.ndarray, bos_id: int | None, eos_id: int | None,
