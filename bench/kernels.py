@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from cpuinfer.bench import memory_bandwidth
 from cpuinfer.linear import Linear, matmul
 from cpuinfer.parallel import Workers
-from cpuinfer.threads import set_threads
+from cpuinfer.threads import clamp_threads, threads_for_call
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (32000, 4096)]  # (rows, cols): wq, w1/w3, w2, output
 TYPES = {"Q8_0": QT.Q8_0, "Q4_0": QT.Q4_0, "Q4_1": QT.Q4_1, "F16": QT.F16, "F32": QT.F32}
@@ -51,10 +51,15 @@ def weight(qtype: int, rows: int, cols: int, rng) -> Linear:
 
 
 def run(threads: int, reps: int) -> dict:
-    threads = set_threads(threads)
+    threads = clamp_threads(threads)
+    with threads_for_call(threads, blas=True):
+        return _run(threads, reps)
+
+
+def _run(threads: int, reps: int) -> dict:
     workers = Workers(threads, widest_row=max(c for _, c in SHAPES))
     rng = np.random.default_rng(0)
-    bandwidth = memory_bandwidth()
+    bandwidth = memory_bandwidth(threads)
     rows_out = []
     for rows, cols in SHAPES:
         x1 = rng.standard_normal((1, cols), dtype=np.float32)
@@ -75,7 +80,7 @@ def run(threads: int, reps: int) -> dict:
                              matvec_gb_s=f32.nbytes / t1 / 1e9,
                              matmul_gflop_s=2 * BATCH * rows * cols / tb / 1e9))
     # the machine is shared: take the better of two readings, before and after
-    bandwidth = max(bandwidth, memory_bandwidth())
+    bandwidth = max(bandwidth, memory_bandwidth(threads))
     for r in rows_out:
         r["matvec_roofline_share"] = r["matvec_gb_s"] / bandwidth
     return dict(threads=threads, bandwidth_gb_s=bandwidth, batch=BATCH, results=rows_out)

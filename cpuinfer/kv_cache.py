@@ -1,8 +1,12 @@
-"""The key/value cache: a rolling buffer of fixed size.
+"""The key/value cache: a rolling buffer of fixed size, one per conversation.
 
 Position p lives in slot p % size (mistral-inference's layout). With a sliding
 window W the buffer needs only W slots however long the conversation runs;
 without one it holds n_ctx positions and refuses to grow past them.
+
+The cache is the whole state of a sequence: the model itself is shared and
+stateless, so one loaded model serves as many conversations as there are
+caches (`model.forward(ids, cache)`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,18 @@ class RollingKVCache:
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
         self.pos = 0  # the next position to write
+        # Mixture of experts: the experts the previous token picked in each layer (for the reuse counter).
+        self.expert_picks: list[frozenset[int] | None] = [None] * config.n_layers
 
     @property
     def window(self) -> int:
         """How many positions (including its own) a query can see."""
         return self.size
+
+    @property
+    def limit(self) -> int | None:
+        """Most positions this cache can hold; None when a sliding window lets it roll forever."""
+        return None if self.sliding else self.n_ctx
 
     @property
     def nbytes(self) -> int:
@@ -46,7 +57,7 @@ class RollingKVCache:
         if room is not None and n_new > room:
             raise ContextFullError(
                 f"context full: {self.pos} of {self.n_ctx} positions used, {n_new} more requested "
-                "(start a new conversation, or load the model with a larger n_ctx)")
+                "(start a new conversation, or use a larger context)")
 
     def store(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
         """Write the keys/values [T, kv_heads * head_dim] of positions pos .. pos+T-1."""
@@ -63,8 +74,12 @@ class RollingKVCache:
             return False
         if self.sliding and self.pos - pos > 1 and self.pos > self.size:
             return False
+        if pos != self.pos:
+            self.expert_picks = [None] * len(self.expert_picks)
         self.pos = pos
         return True
 
     def reset(self) -> None:
+        """Empty the cache: the next token is at position 0."""
         self.pos = 0
+        self.expert_picks = [None] * len(self.expert_picks)

@@ -137,7 +137,8 @@ def test_rewriting_keeps_a_valid_file(mistral_parts, converted, tmp_path):
     """The rewriter itself: an unchanged rewrite loads and computes the same logits."""
     path = mistral_parts.copy().write(tmp_path / "same.gguf")
     ids = [1, 415, 2936, 9060, 285]
-    ours, orig = cpuinfer.load(path).forward(ids), cpuinfer.load(converted("mistral", "q4_0")).forward(ids)
+    ours, orig = (m.forward(ids, m.new_cache()) for m in (cpuinfer.load(path),
+                                                          cpuinfer.load(converted("mistral", "q4_0"))))
     np.testing.assert_array_equal(ours, orig)
 
 
@@ -308,14 +309,15 @@ def test_missing_file_and_bad_n_ctx(converted, tmp_path):
 
 def test_token_ids_outside_the_vocabulary(converted):
     m = cpuinfer.load(converted("mistral", "q4_0"))
+    c = m.new_cache()
     for ids in ([32000], [-1], [1, 2, 32000, 3], [2**40], []):
         with pytest.raises(CpuinferError):
-            m.forward(ids)
-        assert m.pos == 0  # nothing was run, nothing cached
+            m.forward(ids, c)
+        assert c.pos == 0  # nothing was run, nothing cached
     with pytest.raises(CpuinferError, match="outside the vocabulary"):
-        m.forward([5, 99999])
-    assert m.forward([1, 2, 31999]).shape == (3, 32000)
-    assert m.pos == 3
+        m.forward([5, 99999], c)
+    assert m.forward([1, 2, 31999], c).shape == (3, 32000)
+    assert c.pos == 3
 
 
 # --- no crash for any corruption --------------------------------------------------------------
@@ -437,8 +439,9 @@ FUZZ_SCRIPT = textwrap.dedent("""
         try:
             model = cpuinfer.load(work, n_ctx=64)
             with np.errstate(all="ignore"):
-                model.forward([1, 2, 3])
-                model.forward([4])
+                cache = model.new_cache()
+                model.forward([1, 2, 3], cache)
+                model.forward([4], cache)
             outcome = "ok"
         except CpuinferError as e:
             outcome = "CpuinferError: " + str(e).replace(work, "FILE")

@@ -32,15 +32,13 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
-            m.set_threads(t)
-            rows += [bench_prompt(m, n, reps, rng) for n in prompt if n]
-            rows += [bench_decode(m, n, reps, rng) for n in gen if n]
+            rows += [bench_prompt(m, n, reps, rng, threads=t) for n in prompt if n]
+            rows += [bench_decode(m, n, reps, rng, threads=t) for n in gen if n]
         info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, peak_rss_mb=peak_rss_mb())
         for t in thread_counts:
             decode = [r for r in rows if r.threads == t and r.test.startswith("tg")]
             if decode:
-                m.set_threads(t)
-                bandwidth = memory_bandwidth()
+                bandwidth = memory_bandwidth(t)
                 for r in decode:
                     add_bandwidth_share(r, bandwidth)
         if as_json:

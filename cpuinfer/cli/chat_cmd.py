@@ -93,7 +93,7 @@ class Repl:
         s = self.session
 
         def on_prefill(done: int, total: int) -> None:
-            if total > s.model.transformer.batch:
+            if total > s.model.batch:
                 self.console.print(f"[dim]reading the prompt: {done}/{total}[/]", end="\r")
 
         try:
@@ -113,7 +113,7 @@ class Repl:
         note = {"context full": " · [yellow]context full: /reset or /drop[/]", "max tokens": " · max tokens"}
         self.console.print(f"\n[dim]{t.generated_tokens} tokens, {t.generation_tps:.1f} t/s · prompt "
                            f"{t.prompt_tokens} tokens, {t.prompt_tps:.1f} t/s · context "
-                           f"{s.context_used()}/{s.model.n_ctx}{note.get(t.stop_reason, '')}[/]")
+                           f"{s.context_used()}/{s.cache.n_ctx}{note.get(t.stop_reason, '')}[/]")
 
     def command(self, line: str) -> str | None:
         s, out = self.session, self.console
@@ -155,13 +155,13 @@ class Repl:
 
     def stats(self) -> None:
         s = self.session
-        m = s.model
+        m, cache = s.model, s.cache
         t = s.last.timings if s.last else None
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        lines = [f"context: {s.context_used()} of {m.n_ctx} tokens"
-                 + (f" (rolling window of {m.transformer.cache.size})" if m.transformer.cache.sliding else ""),
+        lines = [f"context: {s.context_used()} of {cache.n_ctx} tokens"
+                 + (f" (rolling window of {cache.size})" if cache.sliding else ""),
                  f"messages: {len(s.messages)}",
-                 f"KV cache: {m.transformer.cache.nbytes / 1e6:.1f} MB; peak memory (RSS): {rss:.0f} MB",
+                 f"KV cache: {cache.nbytes / 1e6:.1f} MB; peak memory (RSS): {rss:.0f} MB",
                  f"sampling: {s.settings}"]
         if t:
             lines.append(f"last reply: {t.generated_tokens} tokens at {t.generation_tps:.1f} t/s; prompt "

@@ -58,7 +58,7 @@ def load_model(model: str | None, n_ctx: int | None = None, threads: int | None 
     with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
             else contextlib.nullcontext():
         m = load(path, n_ctx=n_ctx, threads=threads)
-        m.forward([0, 0, 0], all_logits=False)  # a prompt chunk (dequantize + BLAS path)
-        m.forward([0], all_logits=False)  # a decoded token (matvec kernels)
-        m.reset()
+        cache = m.new_cache(4)
+        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (dequantize + BLAS path)
+        m.forward([0], cache, all_logits=False)  # a decoded token (matvec kernels)
         return m

@@ -42,12 +42,12 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
             ids = tok.apply_chat_template(messages, add_generation_prompt=True)
         else:
             ids = tok.encode(prompt, bos=tok.add_bos)
-        limit = m.context_limit
-        if limit is not None and len(ids) >= limit:
-            raise CpuinferError(f"the prompt has {len(ids)} tokens; the context holds {m.n_ctx} "
+        cache = m.new_cache()
+        if cache.limit is not None and len(ids) >= cache.limit:
+            raise CpuinferError(f"the prompt has {len(ids)} tokens; the context holds {cache.limit} "
                                 "(use --ctx to enlarge it)")
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        reply = Reply(m, ids, Sampler(settings), max_tokens=max_tokens, stop=stop)
+        reply = Reply(m, cache, ids, Sampler(settings), max_tokens=max_tokens, stop=stop)
         for delta in reply:
             if not as_json:
                 sys.stdout.write(delta)
