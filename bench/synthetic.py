@@ -90,16 +90,16 @@ def tensors(hp: Hparams, qtype: int, seed: int) -> list[OutTensor]:
     return out
 
 
-def write_synthetic(shape: str, type_name: str, out: Path, layers: int | None = None, seed: int = 0,
+def write_synthetic(shape: str | Hparams, type_name: str, out: Path, layers: int | None = None, seed: int = 0,
                     quiet: bool = False) -> Path:
-    """Write the synthetic model; returns `out`."""
+    """Write the synthetic model of `shape` (a name in SHAPES, or any Hparams); returns `out`."""
     from mistral_common import __file__ as mistral_common_init
 
     qtype = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0}[type_name]
-    hp = SHAPES[shape]
+    hp = SHAPES[shape] if isinstance(shape, str) else shape
     if layers:
         hp = dataclasses.replace(hp, n_layers=layers, name=f"{hp.name} ({layers} layers)")
-    source = Source(f"synthetic {shape}")
+    source = Source(hp.name)
     add_llama_metadata(source, hp)
     source.set("general.file_type", {QT.Q4_0: 2, QT.Q8_0: 7}[qtype], VT.UINT32)
     tokenizer = Path(mistral_common_init).parent / "data" / "tokenizer.model.v1"
