@@ -11,13 +11,13 @@ buffer does not count), says how close decode is to the roofline.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from numba import njit, prange
 
+from .memory import disk_read_bytes
 from .threads import clamp_threads, threads_for_call
 
 
@@ -121,14 +121,16 @@ def bench_decode(model, n: int, reps: int, rng: np.random.Generator, threads: in
     warm = _timed(run)
     if stats is not None:  # count expert traffic over the measured runs only
         stats.clear()
+    disk = disk_read_bytes()
     times = [_timed(run) for _ in range(reps)]
+    disk = disk_read_bytes() - disk
     result = BenchResult(f"tg{n}", threads, [n / t for t in times], max(0.0, warm - min(times)))
     per_token = weight_bytes_per_token(model)
     result.extra["weight_bytes_per_token"] = per_token
     result.extra["weight_gb_per_s"] = per_token * result.mean / 1e9
+    result.extra["disk_bytes_per_token"] = disk / (n * reps)  # what the process read from storage
     if stats is not None:
-        result.extra.update(expert_bytes_per_token=stats.bytes_per_token, expert_reuse_rate=stats.reuse_rate,
-                            expert_histogram=stats.counts.sum(axis=0).tolist())
+        result.extra.update(stats.as_dict())
     return result
 
 
@@ -138,5 +140,3 @@ def add_bandwidth_share(result: BenchResult, bandwidth: float) -> None:
     result.extra["bandwidth_share"] = result.extra["weight_gb_per_s"] / bandwidth
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -199,6 +199,20 @@ class GGUFFile:
         """The tensor as uint8 rows: shape (*shape[:-1], bytes per row), zero-copy."""
         return self.raw(info).reshape(*info.shape[:-1], -1)
 
+    def release(self, start: int, stop: int) -> None:
+        """Drop the pages that lie wholly inside bytes [start, stop) from this mapping (MADV_DONTNEED) and
+        from the page cache (POSIX_FADV_DONTNEED), so they hold no memory until read again."""
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, stop // page * page
+        if last <= first:
+            return
+        self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, first, last - first, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
     @property
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))

@@ -24,14 +24,23 @@ class RollingKVCache:
     def __init__(self, config: ModelConfig, n_ctx: int):
         self.n_ctx = n_ctx
         self.sliding = config.sliding_window > 0
-        # A window wider than the context is narrowed to it: memory stays at n_ctx slots.
-        self.size = min(config.sliding_window, n_ctx) if self.sliding else n_ctx
+        self.size = self.slots(config, n_ctx)
         shape = (config.n_layers, config.n_kv_heads, self.size, config.head_dim)
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
         self.pos = 0  # the next position to write
         # Mixture of experts: the experts the previous token picked in each layer (for the reuse counter).
         self.expert_picks: list[frozenset[int] | None] = [None] * config.n_layers
+
+    @staticmethod
+    def slots(config: ModelConfig, n_ctx: int) -> int:
+        """Positions a cache for n_ctx tokens holds: a window wider than the context is narrowed to it."""
+        return min(config.sliding_window, n_ctx) if config.sliding_window > 0 else n_ctx
+
+    @classmethod
+    def bytes_for(cls, config: ModelConfig, n_ctx: int) -> int:
+        """Bytes of the keys and values of a cache for n_ctx tokens."""
+        return 2 * 4 * config.n_layers * config.n_kv_heads * cls.slots(config, n_ctx) * config.head_dim
 
     @property
     def window(self) -> int:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Iterator
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from .cache_policy import make_policy
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
+from .expert_cache import ExpertCache, cache_experts, expert_layout
 from .gguf_file import GGUFFile
 from .kv_cache import RollingKVCache
 from .linear import MATVEC_MAX_ROWS
+from .memory import KVBudget, default_budget, parse_size, plan_memory, resident_bytes
 from .parallel import Workers
 from .threads import clamp_threads, physical_cores, threads_for_call
 from .tokenizer import Tokenizer, from_gguf_metadata
@@ -33,7 +37,9 @@ DEFAULT_MAX_CTX = 4096
 class Model:
     """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+                 max_memory: int | str | None = None, expert_cache: str = "lru", guess_next: bool = True):
+        process = resident_bytes()
         self.path = str(path)
         self.file = GGUFFile(path)
         md = self.file.metadata
@@ -46,10 +52,21 @@ class Model:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
         self.weights = load_weights(self.file, self.config)
-        self.transformer = Transformer(self.config, self.weights)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())
         self.batch = prompt_batch(self.config)  # tokens per prompt chunk
+        policy = make_policy(expert_cache)
+        layout, slab = expert_layout(self.file, self.weights.layers) if self.config.is_moe else ({}, 0)
+        self.memory = plan_memory(self.file, self.config, self.n_ctx, self.batch, layout, slab,
+                                  default_budget() if max_memory is None else parse_size(max_memory), process)
+        self.expert_cache: ExpertCache | None = None  # whole experts in slabs, when they do not all fit
+        if self.config.is_moe and not self.memory.fits:
+            slots = min(self.memory.expert_slots, len(layout))
+            self.weights, self.expert_cache = cache_experts(self.file, self.weights, layout, slab, slots, policy,
+                                                            guess_next)
+            weakref.finalize(self, self.expert_cache.close)
+        self.transformer = Transformer(self.config, self.weights, self.expert_cache)
+        self._kv_budget = KVBudget(self.memory, self.expert_cache, self.config.n_experts_used)
         self._float32_weights = any(t.ggml_type == QT.F32 and len(t.shape) > 1 for t in self.file.tensors.values())
         self._workers: dict[int, Workers] = {}
         self._lock = threading.Lock()
@@ -65,9 +82,11 @@ class Model:
         """An empty KV cache for one sequence of up to `n_ctx` tokens (default: the model's n_ctx)."""
         n_ctx = self._checked_ctx(self.n_ctx if n_ctx is None else n_ctx)
         try:
-            return RollingKVCache(self.config, n_ctx)
+            cache = RollingKVCache(self.config, n_ctx)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
+        self._kv_budget.admit(cache)
+        return cache
 
     @property
     def expert_stats(self):
@@ -138,7 +157,17 @@ class Model:
         return generate(self, cache, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
 
 
-def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None) -> Model:
+def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+         max_memory: int | str | None = None, expert_cache: str = "lru", guess_next: bool = True) -> Model:
     """Memory-map a GGUF model. `n_ctx` (the default context of new caches) defaults to min(trained
-    context, 4096); `threads` to the physical cores."""
-    return Model(path, n_ctx=n_ctx, threads=threads)
+    context, 4096); `threads` to the physical cores.
+
+    `max_memory` (bytes, or a size such as "12G") caps the process's memory; by
+    default 80% of the memory available now. The dense weights and KV caches
+    stay resident; a mixture of experts that does not fit keeps whole experts
+    in a cache within the rest (`expert_cache`: "lru" or "lfu"), read from the
+    file as the router picks them and, with `guess_next`, read ahead for the
+    next layer's guessed choice. A model whose dense part does not fit is refused.
+    """
+    return Model(path, n_ctx=n_ctx, threads=threads, max_memory=max_memory, expert_cache=expert_cache,
+                 guess_next=guess_next)

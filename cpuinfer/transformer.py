@@ -15,6 +15,7 @@ import numpy as np
 
 from .batched_attention import attend_kv_head
 from .config import ModelConfig
+from .expert_cache import MappedExperts
 from .interrupts import interrupts_deferred
 from .kernels.attention import attention
 from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
@@ -89,10 +90,14 @@ class Scratch:
 class Transformer:
     """Forward pass of a Llama-family decoder; the state of each sequence lives in its RollingKVCache."""
 
-    def __init__(self, config: ModelConfig, weights: Weights):
+    def __init__(self, config: ModelConfig, weights: Weights, experts=None):
         self.config = config
         self.weights = weights
-        self.expert_stats = ExpertStats(config.n_layers, config.n_experts) if config.is_moe else None
+        # Where a mixture of experts gets its experts (expert_cache.py): by default, the mapping.
+        if experts is None and config.is_moe:
+            experts = MappedExperts(weights.layers, ExpertStats(config.n_layers, config.n_experts))
+        self.experts = experts
+        self.expert_stats = experts.stats if experts is not None else None
 
     def step(self, segments: list[Segment], workers: Workers) -> list[np.ndarray]:
         """Run every segment's tokens after its cache; return each segment's logits [n_logits, vocab].
@@ -155,8 +160,9 @@ class Transformer:
         cfg = self.config
         rms_norm(x, layer.ffn_norm, cfg.norm_eps, s.h)
         if layer.ffn is None:
-            moe_feed_forward(layer, i, s.h, s.o, cfg.n_experts_used, s, workers, self.expert_stats,
-                             [(seg.cache, len(seg)) for seg in segments])
+            next_router = self.weights.layers[i + 1].router if i + 1 < cfg.n_layers else None
+            moe_feed_forward(layer, i, s.h, s.o, cfg.n_experts_used, s, workers, self.experts,
+                             [(seg.cache, len(seg)) for seg in segments], next_router)
             return s.o
         gate = matmul(layer.ffn.gate, s.h, s.gate, workers)
         up = matmul(layer.ffn.up, s.h, s.up, workers)

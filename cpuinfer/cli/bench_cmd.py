@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..bench import add_bandwidth_share, bench_decode, bench_prompt, memory_bandwidth, peak_rss_mb
+from ..bench import add_bandwidth_share, bench_decode, bench_prompt, memory_bandwidth
+from ..memory import peak_resident_bytes
+from ..moe import summary
 from ..threads import physical_cores
 from . import options as o
 from .common import err_console, load_model, user_errors
@@ -23,18 +25,24 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
           ctx: Optional[int] = o.CTX,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+          max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT,
           debug: bool = o.DEBUG) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
     with user_errors(debug):
         thread_counts = threads or [physical_cores()]
         longest = max(prompt + gen + [1])
-        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json)
+        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
+                       max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
             rows += [bench_prompt(m, n, reps, rng, threads=t) for n in prompt if n]
             rows += [bench_decode(m, n, reps, rng, threads=t) for n in gen if n]
-        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, peak_rss_mb=peak_rss_mb())
+        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes,
+                    peak_rss_mb=peak_resident_bytes() / 1e6, max_memory_mb=m.memory.budget / 1e6,
+                    expert_cache=None if m.expert_cache is None else
+                    dict(slots=m.expert_cache.slots, slab_mb=m.expert_cache.slab_bytes / 1e6,
+                         policy=m.expert_cache.policy.name, guess_next=m.expert_cache.guesses_next))
         for t in thread_counts:
             decode = [r for r in rows if r.threads == t and r.test.startswith("tg")]
             if decode:
@@ -54,10 +62,11 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
                              f"{r.extra['bandwidth_share'] * 100:.0f}% of measured "
                              f"{r.extra['machine_bandwidth_gb_per_s']:.1f} GB/s")
             if "expert_bytes_per_token" in r.extra:
-                notes.append(f"experts {r.extra['expert_bytes_per_token'] / 1e6:.1f} MB/token, "
-                             f"reuse {r.extra['expert_reuse_rate'] * 100:.0f}%, "
-                             f"picks {r.extra['expert_histogram']}")
+                notes.append(f"{summary(r.extra)}, picks {r.extra['expert_histogram']}")
             table.add_row(r.test, str(r.threads), f"{r.mean:.2f} ± {r.std:.2f}", f"{r.warmup_seconds:.2f}",
                           "; ".join(notes))
         Console().print(table)
-        err_console.print(f"peak memory (RSS) {info['peak_rss_mb']:.0f} MB; file {info['file_bytes'] / 1e6:.0f} MB")
+        cache = info["expert_cache"]
+        slabs = f"; expert cache {cache['slots']} x {cache['slab_mb']:.0f} MB ({cache['policy']})" if cache else ""
+        err_console.print(f"peak memory (RSS) {info['peak_rss_mb']:.0f} MB, --max-memory {info['max_memory_mb']:.0f} "
+                          f"MB; file {info['file_bytes'] / 1e6:.0f} MB{slabs}")

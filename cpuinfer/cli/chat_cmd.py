@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import shlex
 import signal
 from typing import Optional
@@ -11,6 +10,8 @@ import typer
 from rich.console import Console
 
 from ..errors import ContextFullError, CpuinferError
+from ..memory import peak_resident_bytes, resident_bytes
+from ..moe import summary
 from ..session import ChatSession
 from . import options as o
 from .common import load_model, user_errors
@@ -39,11 +40,12 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
+         max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT,
          debug: bool = o.DEBUG) -> None:
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
     with user_errors(debug):
-        m = load_model(model, ctx, threads)
+        m = load_model(model, ctx, threads, max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
         if template:
             m.tokenizer.use_chat_template(template)
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
@@ -157,15 +159,20 @@ class Repl:
         s = self.session
         m, cache = s.model, s.cache
         t = s.last.timings if s.last else None
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         lines = [f"context: {s.context_used()} of {cache.n_ctx} tokens"
                  + (f" (rolling window of {cache.size})" if cache.sliding else ""),
                  f"messages: {len(s.messages)}",
-                 f"KV cache: {cache.nbytes / 1e6:.1f} MB; peak memory (RSS): {rss:.0f} MB",
+                 f"KV cache: {cache.nbytes / 1e6:.1f} MB; memory (RSS) now {resident_bytes() / 1e6:.0f} MB, peak "
+                 f"{peak_resident_bytes() / 1e6:.0f} MB, --max-memory {m.memory.budget / 1e6:.0f} MB",
                  f"sampling: {s.settings}"]
         if t:
             lines.append(f"last reply: {t.generated_tokens} tokens at {t.generation_tps:.1f} t/s; prompt "
                          f"{t.prompt_tokens} tokens at {t.prompt_tps:.1f} t/s")
         if m.expert_stats is not None:
-            lines.append(f"experts: {m.expert_stats.bytes_per_token / 1e6:.1f} MB read per token")
+            counters = m.expert_stats.as_dict()
+            where = (f"a cache of {m.expert_cache.slots} experts ({m.expert_cache.policy.name})" if m.expert_cache
+                     else "the mapped file")
+            lines += [f"experts (since start, from {where}): {summary(counters)}",
+                      "expert reuse between consecutive tokens per layer: "
+                      + " ".join(f"{r:.0%}" for r in counters["expert_reuse_per_layer"])]
         self.console.print("\n".join(lines), markup=False)

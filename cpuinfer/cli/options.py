@@ -1,4 +1,4 @@
-"""Options shared by `generate` and `chat` (one definition each)."""
+"""Options shared by the commands (one definition each)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ THREADS = typer.Option(None, "--threads", "-t", help="threads (default: physical
 SYSTEM = typer.Option(None, "--system", help="system prompt")
 TEMPLATE = typer.Option(None, "--template", help="chat template: mistral, chatml, llama2, or a Jinja file")
 DEBUG = typer.Option(False, "--debug", help="show tracebacks")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="memory the process may use, e.g. 12G or 800M (default: 80% of "
+                          "the memory available at start); a Mixtral larger than that keeps experts in a cache")
+EXPERT_CACHE = typer.Option("lru", "--expert-cache", help="which cached expert to evict: lru or lfu")
+GUESS_NEXT = typer.Option(True, "--guess-next/--no-guess-next",
+                          help="read the next layer's likely experts ahead (with an expert cache)")
 
 
 def sampler_settings(temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
