@@ -52,12 +52,40 @@ def quality_plot(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def mixtral_plot(result: dict, out: Path) -> None:
+    """Decode tokens/s against --max-memory (bench/mixtral.py), llama.cpp from the mapping as a line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ok = [r for r in result["runs"] if "error" not in r]
+    for guess in (True, False):
+        points = sorted((r["max_memory"] / 2**30, r["tokens_per_second"]) for r in ok
+                        if r["engine"] == "cpuinfer" and r["policy"] == "lru" and r["guess_next"] == guess)
+        if points:
+            ax.plot(*zip(*points), "o-" if guess else "s:",
+                    label="cpuinfer, expert cache (LRU" + (", next-layer guesses)" if guess else ")"))
+    for r in ok:
+        if r["engine"] == "llama.cpp":
+            ax.axhline(r["tokens_per_second"], color="gray", ls="--",
+                       label=f"llama.cpp from the mapping (peak RSS {r['peak_rss_bytes'] / 2**30:.1f} GiB)")
+    ax.set_xlabel("--max-memory (GiB)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Mixtral-8x7B-shape Q4_0 (26.4 GB), 23 GiB RAM, 2 threads", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
-    compare, quality = RESULTS / "compare.json", RESULTS / "quality.json"
+    compare, quality, mixtral = RESULTS / "compare.json", RESULTS / "quality.json", RESULTS / "mixtral.json"
     if compare.exists():
         speed_plot(json.loads(compare.read_text()), RESULTS / "speed.png")
     if quality.exists():
         quality_plot(json.loads(quality.read_text()), RESULTS / "quality.png")
+    if mixtral.exists():
+        mixtral_plot(json.loads(mixtral.read_text()), RESULTS / "mixtral.png")
 
 
 if __name__ == "__main__":
