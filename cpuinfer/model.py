@@ -87,7 +87,8 @@ class Model:
         for start in range(0, ids.size, step):
             chunk = ids[start:start + step]
             last = start + chunk.size == ids.size
-            segment = Segment(chunk, cache, n_logits=chunk.size if all_logits else int(last))
+            wanted = slice(None) if all_logits else slice(-1, None) if last else slice(0)
+            segment = Segment(chunk, cache, wanted)
             logits = self._step([segment], threads)[0]
             if logits.shape[0]:
                 outputs.append(logits)
@@ -103,17 +104,25 @@ class Model:
         for ids, cache in requests:
             ids = self._checked_ids(ids)
             cache.check_room(ids.size)
-            segments.append(Segment(ids, cache, n_logits=1))
+            segments.append(Segment(ids, cache, slice(-1, None)))
         if len({id(s.cache) for s in segments}) != len(segments):
             raise CpuinferError("forward_batch() got the same cache twice")
         return [logits[0] for logits in self._step(segments, threads)]
 
-    def _step(self, segments: list[Segment], threads: int | None) -> list[np.ndarray]:
+    def embed(self, texts: list[str], pooling: str | None = None, normalize: bool = True,
+              on_text=None, threads: int | None = None):
+        """Embeddings of `texts` from the final normed hidden state: float32 [len(texts), dim], or with
+        pooling "none" a list of [tokens, dim] arrays. See cpuinfer/embeddings.py."""
+        from .embeddings import embed
+
+        return embed(self, texts, pooling=pooling, normalize=normalize, on_text=on_text, threads=threads)
+
+    def _step(self, segments: list[Segment], threads: int | None, hidden: bool = False) -> list[np.ndarray]:
         n = clamp_threads(threads or self.threads)
         blas = self._float32_weights or sum(len(s) for s in segments) > MATVEC_MAX_ROWS or \
             any(len(s) > 1 for s in segments)
         with self._lock, threads_for_call(n, blas):
-            return self.transformer.step(segments, self._workers_for(n))
+            return self.transformer.step(segments, self._workers_for(n), hidden=hidden)
 
     def _workers_for(self, threads: int) -> Workers:
         if threads not in self._workers:
