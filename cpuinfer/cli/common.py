@@ -34,8 +34,8 @@ def user_errors(debug: bool = False) -> Iterator[None]:
 
 
 def model_path(model: str | None) -> Path:
-    """The GGUF to run: the given path, or the default model (fetched on first use)."""
-    if model is None:
+    """The GGUF to run: the given path, or (None or "default") the default model, fetched on first use."""
+    if model is None or model == "default":
         from ..default_model import pull
 
         return pull()
