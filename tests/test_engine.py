@@ -7,6 +7,8 @@
   weights of the *same file*, dequantized by gguf-py: cpuinfer keeps activations
   in float32, so quantization must not cost more than float32 rounding.
 * The rolling KV buffer, the context limit, the Mixtral expert counters.
+  These tight comparisons use a float32 KV cache (kv_type="f32"); the default
+  float16 cache and q8_0 are measured against it in test_kv_types.py.
 * The default model (SmolLM2-135M Q4_1) against llama.cpp's logits; its memory
   mapping (resident memory after load) and thread count independence.
 """
@@ -109,7 +111,7 @@ def model(converted):
     def get(kind: str, type_name: str = "f32"):
         key = (kind, type_name)
         if key not in loaded:
-            loaded[key] = cpuinfer.load(converted(kind, type_name))
+            loaded[key] = cpuinfer.load(converted(kind, type_name), kv_type="f32")
         return loaded[key]
 
     return get
@@ -130,7 +132,7 @@ def checkpoint_logits():
 
 @pytest.fixture(scope="module")
 def smollm2_model(smollm2):
-    return cpuinfer.load(smollm2)
+    return cpuinfer.load(smollm2, kv_type="f32")
 
 
 # --- 1-3: F32 files against transformers -----------------------------------------------
@@ -261,7 +263,7 @@ def test_sliding_window_cache_rolls_over(converted, reference):
     ref = reference("mistral")
     ids = ref["prompt_ids"]
     assert len(ids) >= 5 * WINDOW
-    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000)
+    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000, kv_type="f32")
     c = m.new_cache()
     assert m.n_ctx == 100_000
     shape = c.k.shape
@@ -289,7 +291,7 @@ def test_sliding_window_cache_rolls_over(converted, reference):
 def test_context_full_without_window(converted, reference):
     ref = reference("llama")
     ids = ref["prompt_ids"]
-    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32)
+    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32, kv_type="f32")
     c = m.new_cache()
     assert c.k.shape[2] == 32
     first = np.concatenate([m.forward(ids[:20], c), m.forward(ids[20:31], c), m.forward(ids[31:32], c)])
@@ -548,7 +550,7 @@ def test_thread_count_does_not_change_logits(smollm2):
     ids = np.load(REPO / "tests/fixtures/reference/smollm2_llamacpp_logits.npz")["ids"][:40]
     results = {}
     for threads in (1, 2):
-        m = cpuinfer.load(smollm2, threads=threads)
+        m = cpuinfer.load(smollm2, threads=threads, kv_type="f32")
         c = m.new_cache()
         assert m.threads <= threads
         prefill = m.forward(ids[:37], c)  # batched path: worker threads + BLAS

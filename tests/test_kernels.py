@@ -8,10 +8,11 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 from cpuinfer.config import ModelConfig
-from cpuinfer.errors import ContextFullError
+from cpuinfer.errors import ContextFullError, CpuinferError
 from cpuinfer.batched_attention import attend_kv_head
 from cpuinfer.kernels import attention as att
 from cpuinfer.kernels import dequant, matvec, nn
+from cpuinfer.kernels.kv_store import KV_TYPES, round_to_cache, store_kv
 from cpuinfer.kv_cache import RollingKVCache
 from cpuinfer.linear import Linear, embed, matmul
 from cpuinfer.parallel import Workers
@@ -256,9 +257,13 @@ def attention_case(rng, H, G, D, p0, T, S):
     return q, k_all, v_all, k_cache, v_cache
 
 
-def run_attention(kind, q, k_new, v_new, k_cache, v_cache, p0, window):
+def run_attention(kind, q, k_new, v_new, k_cache, v_cache, p0, window, k_scales=None, v_scales=None):
+    """Attention through the decode kernel or the BLAS one; a float32 cache needs no scales."""
     out = np.full(q.shape, np.nan, dtype=np.float32)
-    args = (q, k_new, v_new, k_cache, v_cache, p0, window, out)
+    no_scales = np.zeros((k_cache.shape[0], 1, 1), np.float32)
+    k_scales = no_scales if k_scales is None else k_scales
+    v_scales = no_scales if v_scales is None else v_scales
+    args = (q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0, window, out)
     if kind == "parallel":  # the numba kernel decoding uses
         att.attention(*args)
     else:  # what prompt chunks use: BLAS, one kv head at a time
@@ -308,12 +313,15 @@ def test_sliding_window_boundary(kind, p0, T):
     assert out[-1, 0, 1] == 0.0
 
 
+NO_SCALES = np.zeros((2, 1, 1), np.float32)  # a float32 cache keeps no scales
+
+
 def test_store_kv_writes_rolling_slots():
     rng = np.random.default_rng(9)
     G, S, D = 2, 8, 4
     k_cache, v_cache = np.zeros((G, S, D), np.float32), np.zeros((G, S, D), np.float32)
     k_new, v_new = rng.standard_normal((5, G, D)).astype(np.float32), rng.standard_normal((5, G, D)).astype(np.float32)
-    att.store_kv(k_cache, v_cache, k_new, v_new, 6)  # positions 6..10 -> slots 6, 7, 0, 1, 2
+    store_kv(k_cache, NO_SCALES, v_cache, NO_SCALES, k_new, v_new, 6)  # positions 6..10 -> slots 6, 7, 0, 1, 2
     for t, slot in enumerate([6, 7, 0, 1, 2]):
         assert np.array_equal(k_cache[:, slot], k_new[t]) and np.array_equal(v_cache[:, slot], v_new[t])
     assert not k_cache[:, 3:6].any() and not v_cache[:, 3:6].any()
@@ -322,23 +330,45 @@ def test_store_kv_writes_rolling_slots():
 def test_store_kv_chunk_longer_than_buffer_keeps_the_latest():
     k_new = np.arange(20, dtype=np.float32).reshape(20, 1, 1)
     k_cache, v_cache = np.zeros((1, 8, 1), np.float32), np.zeros((1, 8, 1), np.float32)
-    att.store_kv(k_cache, v_cache, k_new, -k_new, 0)
+    store_kv(k_cache, NO_SCALES, v_cache, NO_SCALES, k_new, -k_new, 0)
     assert k_cache[0, :, 0].tolist() == [16, 17, 18, 19, 12, 13, 14, 15]
     assert np.array_equal(v_cache, -k_cache)
 
 
-def test_decode_loop_through_rolling_buffer():
-    """Token by token past the buffer's size: store_kv + attention equal attention over the full history."""
+@pytest.mark.parametrize("kv_type", list(KV_TYPES))
+def test_decode_loop_through_rolling_buffer(kv_type):
+    """Token by token past the buffer's size, for every cache type: store_kv + attention equal attention over
+    the full history of keys/values rounded as the cache stores them (round_to_cache)."""
     rng = np.random.default_rng(12)
-    H, G, D, S = 4, 2, 8, 6
+    H, G, D, S = 4, 2, 32, 6
     n = 15
     k_all, v_all = rng.standard_normal((n, G, D)).astype(np.float32), rng.standard_normal((n, G, D)).astype(np.float32)
     q_all = rng.standard_normal((n, H, D)).astype(np.float32)
-    k_cache, v_cache = np.zeros((G, S, D), np.float32), np.zeros((G, S, D), np.float32)
+    k_cache, v_cache = np.zeros((G, S, D), KV_TYPES[kv_type]), np.zeros((G, S, D), KV_TYPES[kv_type])
+    k_scales, v_scales = np.zeros((G, S, D // 32), np.float32), np.zeros((G, S, D // 32), np.float32)
+    if kv_type != "f32":
+        round_to_cache(k_cache, k_all)
+        round_to_cache(k_cache, v_all)
     for p in range(n):
-        out = run_attention("parallel", q_all[p:p + 1], k_all[p:p + 1], v_all[p:p + 1], k_cache, v_cache, p, S)
+        out = run_attention("parallel" if p % 2 else "batched", q_all[p:p + 1], k_all[p:p + 1], v_all[p:p + 1],
+                            k_cache, v_cache, p, S, k_scales, v_scales)
         np.testing.assert_allclose(out, attention_reference(q_all[p:p + 1], k_all, v_all, p, S), atol=2e-5)
-        att.store_kv(k_cache, v_cache, k_all[p:p + 1], v_all[p:p + 1], p)
+        store_kv(k_cache, k_scales, v_cache, v_scales, k_all[p:p + 1], v_all[p:p + 1], p)
+
+
+def test_cache_types_round_as_documented():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 2, 64)) * rng.choice([1e-3, 1, 300], size=(5, 2, 64))).astype(np.float32)
+    half = x.copy()
+    round_to_cache(np.zeros(1, np.uint16), half)
+    np.testing.assert_array_equal(half, x.astype(np.float16).astype(np.float32))  # nearest even, as numpy
+    q8 = x.copy()
+    round_to_cache(np.zeros(1, np.int8), q8)
+    amax = np.abs(x.reshape(5, 2, 2, 32)).max(axis=3, keepdims=True)
+    assert (np.abs(q8 - x).reshape(5, 2, 2, 32) <= amax / 254 * (1 + 1e-6)).all()  # half a step of amax/127
+    exact = x.copy()
+    round_to_cache(np.zeros(1, np.float32), exact)
+    np.testing.assert_array_equal(exact, x)
 
 
 # --- RollingKVCache -----------------------------------------------------------------
@@ -351,10 +381,16 @@ def config(sliding_window: int) -> ModelConfig:
 
 @pytest.mark.parametrize("window, n_ctx, size", [(0, 48, 48), (16, 48, 16), (64, 48, 48), (48, 48, 48)])
 def test_kv_cache_size(window, n_ctx, size):
-    cache = RollingKVCache(config(window), n_ctx)
-    assert cache.size == cache.window == size
-    assert cache.k.shape == cache.v.shape == (2, 2, size, 4)
-    assert cache.nbytes == 2 * 2 * 2 * size * 4 * 4
+    for kv_type, itemsize in (("f32", 4), ("f16", 2)):
+        cache = RollingKVCache(config(window), n_ctx, kv_type)
+        assert cache.size == cache.window == size
+        assert cache.k.shape == cache.v.shape == (2, 2, size, 4)
+        assert cache.nbytes == 2 * 2 * 2 * size * 4 * itemsize + 2 * 2 * 2 * 4  # + a dummy scale per head
+    assert RollingKVCache(config(window), n_ctx).kv_type == "f16"  # llama.cpp's default
+    with pytest.raises(CpuinferError, match="multiple of 32"):
+        RollingKVCache(config(window), n_ctx, "q8_0")  # head_dim 4
+    with pytest.raises(CpuinferError, match="unknown KV cache type"):
+        RollingKVCache(config(window), n_ctx, "f8")
 
 
 def test_kv_cache_full_without_window():
@@ -377,7 +413,7 @@ def test_kv_cache_with_window_never_fills():
 
 
 def test_kv_cache_store_uses_position():
-    cache = RollingKVCache(config(4), 100)
+    cache = RollingKVCache(config(4), 100, "f32")
     cache.advance(6)
     k = np.ones((1, 2, 4), np.float32)
     cache.store(1, k, 2 * k)

@@ -1,9 +1,11 @@
-"""Three things numba does not expose, as small LLVM intrinsics for the kernels.
+"""Things numba does not expose, as small LLVM intrinsics for the kernels.
 
 - `half_to_float(bits)`: an IEEE float16, given as its 16 bits, to float32.
   numba has no float16 type on the CPU; LLVM's `fpext half` is exact and
   becomes the F16C instruction vcvtph2ps, vectorized (F16 matvec went from
   ~4 to ~28 GB/s per thread against a 65536-entry table lookup).
+  `float_to_half(x)` is the other way (`fptrunc`, round to nearest even), for
+  the float16 KV cache.
 - `stack_zeros(n)`: a float32 array of n elements on the stack. Kernels keep
   per-lane partial sums in it across all blocks of a row; since the inner
   loops index it with constants once unrolled, LLVM promotes it to vector
@@ -76,3 +78,18 @@ def prefetch(typingctx, array, row, col):
         return context.get_dummy_value()
 
     return types.none(array, row, col), codegen
+
+
+@intrinsic
+def float_to_half(typingctx, value):
+    """The float16 bit pattern (uint16) nearest to a float32 (round to nearest even, as F16C's vcvtps2ph)."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if value.bitwidth != 32:
+            v = builder.fptrunc(v, ir.FloatType())
+        return builder.bitcast(builder.fptrunc(v, ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(value), codegen
