@@ -105,6 +105,17 @@ def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.nd
     return out
 
 
+def dequantize_rows(w: Linear, r0: int, r1: int) -> np.ndarray:
+    """Rows r0 ... r1 - 1 of W as float32 [r1 - r0, cols]."""
+    if not 0 <= r0 <= r1 <= w.rows:
+        raise ValueError(f"rows {r0}:{r1} of {w.name}, which has {w.rows}")
+    if w.ggml_type == QT.F32:
+        return np.array(w.data[r0:r1])
+    out = np.empty((r1 - r0, w.cols), dtype=np.float32)
+    _DEQUANT[w.ggml_type](w.data, r0, out)
+    return out
+
+
 def embed(w: Linear, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[t] = row ids[t] of W, dequantized."""
     if w.ggml_type == QT.F32:
