@@ -12,25 +12,13 @@ from cpuinfer.config import ModelConfig
 from cpuinfer.errors import ContextFullError
 from cpuinfer.batched_attention import attend_kv_head
 from cpuinfer.kernels import attention as att
-from cpuinfer.kernels import dequant, matvec, nn
+from cpuinfer.kernels import iq4, nn
 from cpuinfer.kv_cache import RollingKVCache
+from cpuinfer.linear import _DEQUANT as DEQUANT  # every type's kernels, as linear.py dispatches them
+from cpuinfer.linear import _MATVEC as MATVEC
 from cpuinfer.linear import Linear, embed, matmul
 from cpuinfer.parallel import Workers
 
-from cpuinfer.kernels import floats, iq4, kquants, q5
-
-MATVEC = {QT.Q8_0: matvec.matvec_q8_0, QT.Q4_0: matvec.matvec_q4_0, QT.Q4_1: matvec.matvec_q4_1,
-          QT.F16: matvec.matvec_f16, QT.BF16: floats.matvec_bf16, QT.Q5_0: q5.matvec_q5_0, QT.Q5_1: q5.matvec_q5_1,
-          QT.Q2_K: kquants.matvec_q2_k, QT.Q3_K: kquants.matvec_q3_k, QT.Q4_K: kquants.matvec_q4_k,
-          QT.Q5_K: kquants.matvec_q5_k, QT.Q6_K: kquants.matvec_q6_k,
-          QT.IQ4_NL: iq4.matvec_iq4_nl, QT.IQ4_XS: iq4.matvec_iq4_xs}
-DEQUANT = {QT.Q8_0: dequant.dequant_rows_q8_0, QT.Q4_0: dequant.dequant_rows_q4_0,
-           QT.Q4_1: dequant.dequant_rows_q4_1, QT.F16: dequant.dequant_rows_f16, QT.BF16: floats.dequant_rows_bf16,
-           QT.Q5_0: q5.dequant_rows_q5_0, QT.Q5_1: q5.dequant_rows_q5_1,
-           QT.Q2_K: kquants.dequant_rows_q2_k, QT.Q3_K: kquants.dequant_rows_q3_k,
-           QT.Q4_K: kquants.dequant_rows_q4_k, QT.Q5_K: kquants.dequant_rows_q5_k,
-           QT.Q6_K: kquants.dequant_rows_q6_k, QT.IQ4_NL: iq4.dequant_rows_iq4_nl,
-           QT.IQ4_XS: iq4.dequant_rows_iq4_xs}
 FLOAT16 = (QT.F16, QT.BF16)  # given to the kernels as uint16 bits
 # byte offsets of the f16 scales in each block (ggml-common.h)
 F16_SCALES = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2),

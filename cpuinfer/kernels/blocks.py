@@ -25,34 +25,10 @@ computing scale * code + offset in exactly the float32 operations of
 ggml's `dequantize_row_*` (and gguf.quants), so tiles are bit-exact.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from .llvm import prefetch, stack_zeros
-
-U = np.uintp
-f32 = np.float32
-
-
-@njit(inline="always")
-def sub_block_sums(x, sub_len):
-    """sum(x[i*sub_len:(i+1)*sub_len]) for every i."""
-    n = x.shape[0] // sub_len
-    s = np.zeros(n, dtype=np.float32)
-    for i in range(n):
-        acc = f32(0)
-        for j in range(sub_len):
-            acc += x[U(i * sub_len + j)]
-        s[U(i)] = acc
-    return s
-
-
-@njit(inline="always")
-def lane_sum(acc):
-    total = f32(0)
-    for j in range(acc.shape[0]):
-        total += acc[U(j)]
-    return total
+from .matvec import U, _block_sums, _lane_sum, f32
 
 
 @njit(inline="always")
@@ -67,14 +43,14 @@ def _one_row(w, r, x, xsum, block_width, n_sub, sub_len, sub_block, code):
             for j in range(sub_len):
                 acc[j] += d * (code(w, r, o, s, j) * x[U(xo + j)])
             c += m * xsum[U(b * n_sub + s)]
-    return lane_sum(acc) + c
+    return _lane_sum(acc) + c
 
 
 @njit(inline="always")
 def matvec_blocks(w, x, out, block_width, n_sub, sub_len, sub_block, code):
     """out[r] = sum_k dequant(w)[r, k] * x[k], in parallel over groups of four rows."""
     rows = w.shape[0]
-    xsum = sub_block_sums(x, sub_len)
+    xsum = _block_sums(x, sub_len)
     for g in prange((rows + 3) // 4):
         r = g * 4
         if r + 4 > rows:
@@ -100,8 +76,8 @@ def matvec_blocks(w, x, out, block_width, n_sub, sub_len, sub_block, code):
                     a3[j] += d3 * (code(w, r + 3, o, s, j) * xv)
                 xs = xsum[U(b * n_sub + s)]
                 c0 += m0 * xs; c1 += m1 * xs; c2 += m2 * xs; c3 += m3 * xs
-        out[U(r)] = lane_sum(a0) + c0; out[U(r + 1)] = lane_sum(a1) + c1
-        out[U(r + 2)] = lane_sum(a2) + c2; out[U(r + 3)] = lane_sum(a3) + c3
+        out[U(r)] = _lane_sum(a0) + c0; out[U(r + 1)] = _lane_sum(a1) + c1
+        out[U(r + 2)] = _lane_sum(a2) + c2; out[U(r + 3)] = _lane_sum(a3) + c3
 
 
 @njit(inline="always")
