@@ -50,11 +50,11 @@ def parse_size(text: str | int) -> int:
     return size
 
 
-def format_size(n: float, up: bool = False) -> str:
-    """Bytes as G with one decimal or whole M (powers of 1024, as parse_size reads them); `up` rounds up,
-    for sizes a user must pass."""
+def format_size(n: float, rounding=round) -> str:
+    """Bytes as G with one decimal or whole M (powers of 1024, as parse_size reads them). Errors show a
+    need with math.ceil and the budget with math.floor, so a larger need never prints like the budget."""
     unit, digits = (1 << 30, 10) if n >= 1 << 30 else (1 << 20, 1)
-    value = (math.ceil if up else round)(n / unit * digits) / digits
+    value = rounding(n / unit * digits) / digits
     return f"{value:.1f}G" if unit == 1 << 30 else f"{value:.0f}M"
 
 
@@ -144,27 +144,26 @@ class MemoryPlan:
         """Raise a CpuinferError saying what is needed unless the model runs in the budget (k experts at once)."""
         parts = (f"dense weights {format_size(self.dense)}, KV cache {format_size(self.kv)} for {n_ctx} tokens, "
                  f"runtime {format_size(self.process + self.runtime)}")
+        budget = f"--max-memory is {format_size(self.budget, math.floor)}: raise it, or use a smaller --ctx"
         if not self.experts and not self.fits:
-            raise CpuinferError(f"the model needs {format_size(self.resident, up=True)} ({parts}) but --max-memory is "
-                                f"{format_size(self.budget)}: raise it, or use a smaller --ctx")
+            raise CpuinferError(f"the model needs {format_size(self.resident, math.ceil)} ({parts}) but {budget}")
         if self.experts and not self.fits and self.expert_slots < k:
-            need = self.resident + k * self.expert_bytes
-            raise CpuinferError(f"the model needs at least {format_size(need, up=True)} ({parts}, {k} experts of "
-                                f"{format_size(self.expert_bytes)}) but --max-memory is {format_size(self.budget)}: "
-                                "raise it, or use a smaller --ctx")
+            need = format_size(self.resident + k * self.expert_bytes, math.ceil)
+            raise CpuinferError(f"the model needs at least {need} ({parts}, {k} experts of "
+                                f"{format_size(self.expert_bytes)}) but {budget}")
 
 
-def plan_memory(gguf: GGUFFile, cfg: ModelConfig, n_ctx: int, batch: int, experts: dict, expert_bytes: int,
-                budget: int, process: int) -> MemoryPlan:
+def plan_memory(gguf: GGUFFile, cfg: ModelConfig, n_ctx: int, kv_type: str, batch: int, experts: dict,
+                expert_bytes: int, budget: int, process: int) -> MemoryPlan:
     """Split `budget`: the process as it is, the runtime (a prompt chunk of `batch` tokens), the dense
-    weights, the default KV cache of n_ctx tokens; the rest holds `expert_bytes` experts. Refuses,
+    weights, the default KV cache (n_ctx tokens of kv_type); the rest holds `expert_bytes` experts. Refuses,
     with what is needed, a model that cannot run in it."""
     expert_total = sum(p.nbytes for parts in experts.values() for p in parts)
     scratch = sum(a.nbytes for a in vars(Scratch.allocate(cfg, batch)).values())  # np.empty: no pages yet
     logits = 4 * batch * cfg.n_vocab
     plan = MemoryPlan(budget=budget, process=process, runtime=RUNTIME_BYTES + scratch + logits + 4 * TILE_FLOATS,
                       dense=sum(t.nbytes for t in gguf.tensors.values()) - expert_total,
-                      kv=RollingKVCache.bytes_for(cfg, n_ctx), experts=expert_total, expert_bytes=expert_bytes)
+                      kv=RollingKVCache.bytes_for(cfg, n_ctx, kv_type), experts=expert_total, expert_bytes=expert_bytes)
     plan.check(cfg.n_experts_used, n_ctx)
     return plan
 
@@ -191,7 +190,8 @@ class KVBudget:
             if not room:
                 raise CpuinferError(f"no room for another KV cache of {cache.n_ctx} tokens "
                                     f"({format_size(cache.nbytes)}) within --max-memory "
-                                    f"{format_size(self.plan.budget)}: close a conversation, or use a smaller context")
+                                    f"{format_size(self.plan.budget, math.floor)}: close a conversation, or use a "
+                                    "smaller context")
             self.live += cache.nbytes
             if self.expert_cache is not None and extra:
                 self.expert_cache.resize(slots)

@@ -22,7 +22,7 @@ from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .expert_cache import ExpertCache, cache_experts, expert_layout
 from .gguf_file import GGUFFile
-from .kv_cache import RollingKVCache
+from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache
 from .linear import MATVEC_MAX_ROWS
 from .memory import KVBudget, default_budget, parse_size, plan_memory, resident_bytes
 from .parallel import Workers
@@ -38,7 +38,8 @@ class Model:
     """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-                 max_memory: int | str | None = None, expert_cache: str = "lru", guess_next: bool = True):
+                 kv_type: str = DEFAULT_KV_TYPE, max_memory: int | str | None = None, expert_cache: str = "lru",
+                 guess_next: bool = True):
         process = resident_bytes()
         self.path = str(path)
         self.file = GGUFFile(path)
@@ -54,10 +55,12 @@ class Model:
         self.weights = load_weights(self.file, self.config)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())
+        self.kv_type = kv_type
+        RollingKVCache(self.config, 1, kv_type)  # an unknown or unusable type fails at load, not later
         self.batch = prompt_batch(self.config)  # tokens per prompt chunk
         policy = make_policy(expert_cache)
         layout, slab = expert_layout(self.file, self.weights.layers) if self.config.is_moe else ({}, 0)
-        self.memory = plan_memory(self.file, self.config, self.n_ctx, self.batch, layout, slab,
+        self.memory = plan_memory(self.file, self.config, self.n_ctx, kv_type, self.batch, layout, slab,
                                   default_budget() if max_memory is None else parse_size(max_memory), process)
         self.expert_cache: ExpertCache | None = None  # whole experts in slabs, when they do not all fit
         if self.config.is_moe and not self.memory.fits:
@@ -78,11 +81,12 @@ class Model:
                                 f"(the length this model was trained for), not {n_ctx}")
         return n_ctx
 
-    def new_cache(self, n_ctx: int | None = None) -> RollingKVCache:
-        """An empty KV cache for one sequence of up to `n_ctx` tokens (default: the model's n_ctx)."""
+    def new_cache(self, n_ctx: int | None = None, kv_type: str | None = None) -> RollingKVCache:
+        """An empty KV cache for one sequence of up to `n_ctx` tokens, storing `kv_type` (f16, f32, q8_0)
+        values (defaults: the model's n_ctx and kv_type)."""
         n_ctx = self._checked_ctx(self.n_ctx if n_ctx is None else n_ctx)
         try:
-            cache = RollingKVCache(self.config, n_ctx)
+            cache = RollingKVCache(self.config, n_ctx, kv_type or self.kv_type)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
         self._kv_budget.admit(cache)
@@ -106,7 +110,8 @@ class Model:
         for start in range(0, ids.size, step):
             chunk = ids[start:start + step]
             last = start + chunk.size == ids.size
-            segment = Segment(chunk, cache, n_logits=chunk.size if all_logits else int(last))
+            wanted = slice(None) if all_logits else slice(-1, None) if last else slice(0)
+            segment = Segment(chunk, cache, wanted)
             logits = self._step([segment], threads)[0]
             if logits.shape[0]:
                 outputs.append(logits)
@@ -122,17 +127,25 @@ class Model:
         for ids, cache in requests:
             ids = self._checked_ids(ids)
             cache.check_room(ids.size)
-            segments.append(Segment(ids, cache, n_logits=1))
+            segments.append(Segment(ids, cache, slice(-1, None)))
         if len({id(s.cache) for s in segments}) != len(segments):
             raise CpuinferError("forward_batch() got the same cache twice")
         return [logits[0] for logits in self._step(segments, threads)]
 
-    def _step(self, segments: list[Segment], threads: int | None) -> list[np.ndarray]:
+    def embed(self, texts: list[str], pooling: str | None = None, normalize: bool = True,
+              on_text=None, threads: int | None = None):
+        """Embeddings of `texts` from the final normed hidden state: float32 [len(texts), dim], or with
+        pooling "none" a list of [tokens, dim] arrays. See cpuinfer/embeddings.py."""
+        from .embeddings import embed
+
+        return embed(self, texts, pooling=pooling, normalize=normalize, on_text=on_text, threads=threads)
+
+    def _step(self, segments: list[Segment], threads: int | None, hidden: bool = False) -> list[np.ndarray]:
         n = clamp_threads(threads or self.threads)
         blas = self._float32_weights or sum(len(s) for s in segments) > MATVEC_MAX_ROWS or \
             any(len(s) > 1 for s in segments)
         with self._lock, threads_for_call(n, blas):
-            return self.transformer.step(segments, self._workers_for(n))
+            return self.transformer.step(segments, self._workers_for(n), hidden=hidden)
 
     def _workers_for(self, threads: int) -> Workers:
         if threads not in self._workers:
@@ -158,16 +171,18 @@ class Model:
 
 
 def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-         max_memory: int | str | None = None, expert_cache: str = "lru", guess_next: bool = True) -> Model:
-    """Memory-map a GGUF model. `n_ctx` (the default context of new caches) defaults to min(trained
-    context, 4096); `threads` to the physical cores.
+         kv_type: str = DEFAULT_KV_TYPE, max_memory: int | str | None = None, expert_cache: str = "lru",
+         guess_next: bool = True) -> Model:
+    """Memory-map a GGUF model. `n_ctx` and `kv_type` are the defaults of new caches: min(trained
+    context, 4096) and float16; `threads` defaults to the physical cores.
 
     `max_memory` (bytes, or a size such as "12G") caps the process's memory; by
-    default 80% of the memory available now. The dense weights and KV caches
-    stay resident; a mixture of experts that does not fit keeps whole experts
-    in a cache within the rest (`expert_cache`: "lru" or "lfu"), read from the
-    file as the router picks them and, with `guess_next`, read ahead for the
-    next layer's guessed choice. A model whose dense part does not fit is refused.
+    default its current memory plus 80% of the memory available now. The dense
+    weights and KV caches stay resident; a mixture of experts that does not fit
+    keeps whole experts in a cache within the rest (`expert_cache`: "lru" or
+    "lfu"), read from the file as the router picks them and, with `guess_next`,
+    read ahead for the next layer's guessed choice. A model whose dense part
+    does not fit is refused.
     """
-    return Model(path, n_ctx=n_ctx, threads=threads, max_memory=max_memory, expert_cache=expert_cache,
-                 guess_next=guess_next)
+    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, max_memory=max_memory,
+                 expert_cache=expert_cache, guess_next=guess_next)

@@ -53,10 +53,14 @@ class Segment:
 
     ids: np.ndarray  # int64 [n]
     cache: RollingKVCache
-    n_logits: int  # logits wanted for the last n_logits tokens
+    wanted: slice  # the tokens (of these n) whose outputs are returned
 
     def __len__(self) -> int:
         return self.ids.size
+
+    def wanted_rows(self, start: int) -> np.ndarray:
+        """Row numbers of the wanted tokens in a step where this segment starts at row `start`."""
+        return start + np.arange(len(self))[self.wanted]
 
 
 @dataclass
@@ -99,8 +103,9 @@ class Transformer:
         self.experts = experts
         self.expert_stats = experts.stats if experts is not None else None
 
-    def step(self, segments: list[Segment], workers: Workers) -> list[np.ndarray]:
-        """Run every segment's tokens after its cache; return each segment's logits [n_logits, vocab].
+    def step(self, segments: list[Segment], workers: Workers, hidden: bool = False) -> list[np.ndarray]:
+        """Run every segment's tokens after its cache; return each segment's logits [wanted, vocab], or
+        with `hidden` its final normed hidden states [wanted, dim] (before the output projection).
 
         The keys and values reach the caches only at the end, in one step that
         Ctrl-C cannot split: an interrupted step leaves every cache as it was
@@ -118,19 +123,23 @@ class Transformer:
         for i, layer in enumerate(w.layers):
             x += self._attention(i, layer, x, cos, sin, segments, starts, s, workers)
             x += self._feed_forward(i, layer, x, segments, s, workers)
-        rows = np.concatenate([np.arange(b - seg.n_logits, b) for seg, b in zip(segments, starts[1:])])
-        logits = np.empty((rows.size, cfg.n_vocab), dtype=np.float32)
-        if rows.size:
-            h = s.h[:rows.size]
-            rms_norm(x[rows], w.out_norm, cfg.norm_eps, h)
-            matmul(w.output, h, logits, workers)
+        rows = [seg.wanted_rows(a) for seg, a in zip(segments, starts)]
+        wanted = np.concatenate(rows)
+        h = np.empty((wanted.size, cfg.dim), dtype=np.float32)
+        rms_norm(x[wanted], w.out_norm, cfg.norm_eps, h)
+        if hidden:
+            out = h
+        else:
+            out = np.empty((wanted.size, cfg.n_vocab), dtype=np.float32)
+            if wanted.size:
+                matmul(w.output, h, out, workers)
         with interrupts_deferred():
             for seg, a, b in zip(segments, starts, starts[1:]):
                 for i in range(cfg.n_layers):
                     seg.cache.store(i, s.k[i, a:b], s.v[i, a:b])
                 seg.cache.advance(b - a)
-        ends = np.cumsum([seg.n_logits for seg in segments])
-        return [logits[e - seg.n_logits:e] for seg, e in zip(segments, ends)]
+        ends = np.cumsum([r.size for r in rows])
+        return [out[e - r.size:e] for r, e in zip(rows, ends)]
 
     def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
                    segments: list[Segment], starts: np.ndarray, s: Scratch, workers: Workers) -> np.ndarray:
@@ -145,7 +154,9 @@ class Transformer:
         out = s.attn.reshape(T, cfg.n_heads, cfg.head_dim)
         for seg, a, b in zip(segments, starts, starts[1:]):
             cache = seg.cache
-            args = (q[a:b], k[a:b], v[a:b], cache.k[i], cache.v[i], cache.pos, cache.window, out[a:b])
+            cache.round(k[a:b])  # the chunk's own keys as the cache will hold them: chunking changes nothing
+            cache.round(v[a:b])
+            args = (q[a:b], k[a:b], v[a:b], *cache.layer(i), cache.pos, cache.window, out[a:b])
             if b - a == 1:
                 attention(*args)
             else:

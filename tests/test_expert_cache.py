@@ -1,7 +1,8 @@
 """A Mixtral larger than its memory budget: whole experts in a cache, read from disk as the router picks them.
 
 A small Mixtral-shape file (8 experts, top-2, 3 layers, 1.8 MB experts: 145
-pages per matrix) is written with bench/synthetic.py. With a budget that holds
+pages per matrix) is written with bench/synthetic.py, and again in the layout
+of Mixtral files before April 2024 (one 2-D tensor per expert). With a budget that holds
 3 experts, the logits must equal those of the plain mapping, the file's expert
 pages must stay out of memory (mincore on the mapping, after dropping the
 file from the page cache), and the counters and the slabs must respect the budget.
@@ -22,8 +23,10 @@ import cpuinfer
 import cpuinfer.slabs as slabs
 from bench.synthetic import write_synthetic
 from cpuinfer.cache_policy import LFU, LRU
+from cpuinfer.gguf_file import GGUFFile
 from cpuinfer.memory import parse_size, resident_bytes
 from cpuinfer.moe import ExpertStats
+from gguf_parts import Parts
 from quantize.checkpoint import Hparams
 
 SHAPE = Hparams(name="tiny Mixtral 8x", n_layers=3, dim=512, ffn_dim=2048, n_heads=8, n_kv_heads=2, head_dim=64,
@@ -59,11 +62,12 @@ def drop_from_page_cache(path) -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """(the file for the plain mapping, a copy for the budgeted model): page-cache state of one never
-    leaks into the other."""
+    """(the file for the plain mapping, a copy for the budgeted model, the copy with one tensor per expert):
+    page-cache state of one never leaks into another."""
     folder = tmp_path_factory.mktemp("moe8")
     plain = write_synthetic(SHAPE, "q4_0", folder / "mixtral8.gguf", quiet=True)
-    return plain, shutil.copy(plain, folder / "mixtral8-copy.gguf")
+    legacy = Parts.read(plain).split_experts().write(folder / "mixtral8-per-expert.gguf")
+    return plain, shutil.copy(plain, folder / "mixtral8-copy.gguf"), legacy
 
 
 @pytest.fixture(scope="module")
@@ -97,23 +101,26 @@ def expert_nbytes(m) -> int:
     return m.weights.layers[0].experts[0].nbytes  # every expert of this file has the same size
 
 
-@pytest.mark.parametrize("policy,direct", [("lru", True), ("lfu", True), ("lru", False)])
-def test_budgeted_mixtral_reads_whole_experts_and_computes_the_same_logits(files, reference, policy, direct,
+@pytest.mark.parametrize("policy,direct,layout", [("lru", True, "3-D"), ("lfu", True, "3-D"), ("lru", False, "3-D"),
+                                                 ("lru", True, "per expert")])
+def test_budgeted_mixtral_reads_whole_experts_and_computes_the_same_logits(files, reference, policy, direct, layout,
                                                                           monkeypatch):
     logits, plan = reference
     if not direct:  # a file system that refuses O_DIRECT: buffered reads, dropped from the page cache after
         def refuse(path):
             raise OSError(errno.EINVAL, "no direct I/O")
         monkeypatch.setattr(slabs, "_open_direct", refuse)
+    path = files[1] if layout == "3-D" else files[2]
+    assert ("blk.0.ffn_up.1.weight" in GGUFFile(path).tensors) == (layout == "per expert")
     budget = budget_for(plan, SLOTS + 0.5)
-    m = cpuinfer.load(files[1], max_memory=budget, expert_cache=policy)
+    m = cpuinfer.load(path, max_memory=budget, expert_cache=policy)
     cache, stats, size = m.expert_cache, m.expert_stats, expert_nbytes(m)
     assert cache is not None and cache.slots == SLOTS and cache.reader.direct == direct
     kv = m.new_cache()
     np.testing.assert_array_equal(m.forward(PROMPT, kv), logits[0])  # chunks that choose more experts than fit
 
     for t, want in zip(DECODED, logits[1:]):
-        drop_from_page_cache(files[1])
+        drop_from_page_cache(path)
         before = dict(hits=stats.hits, misses=stats.misses, disk=stats.disk_bytes, counts=stats.counts.copy(),
                       guesses=stats.guesses)
         np.testing.assert_array_equal(m.forward([t], kv), want)
@@ -168,7 +175,7 @@ def test_kv_caches_beyond_the_default_one_take_the_experts_room(files, reference
 
 def test_budget_too_small_is_refused_with_what_it_needs(files, reference):
     _, plan = reference
-    with pytest.raises(cpuinfer.CpuinferError, match=r"needs at least \d+M .*2 experts"):
+    with pytest.raises(cpuinfer.CpuinferError, match=r"needs at least \d+(\.\d)?[MG] .*2 experts"):
         cpuinfer.load(files[1], max_memory=budget_for(plan, 1.5))
     assert cpuinfer.load(files[1], max_memory=budget_for(plan, 2.5)).expert_cache.slots == 2
     with pytest.raises(cpuinfer.CpuinferError, match="bad memory size"):

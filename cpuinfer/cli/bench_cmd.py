@@ -23,7 +23,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
           threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
-          ctx: Optional[int] = o.CTX,
+          ctx: Optional[int] = o.CTX, kv_type: str = o.KV_TYPE,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
           max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT,
           debug: bool = o.DEBUG) -> None:
@@ -32,7 +32,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         thread_counts = threads or [physical_cores()]
         longest = max(prompt + gen + [1])
         m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
-                       max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
+                       kv_type=kv_type, max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
