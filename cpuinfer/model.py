@@ -40,7 +40,7 @@ class Model:
         embd = self.file.tensors.get("token_embd.weight")
         if embd is None or len(embd.shape) != 2:
             raise GGUFError(f"{self.path}: no 2-D token_embd.weight tensor")
-        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0])
+        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0], tensor_names=self.file.tensors)
         self.tokenizer: Tokenizer = from_gguf_metadata(md)
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
