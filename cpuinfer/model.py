@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from . import bus_error
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
@@ -46,6 +47,7 @@ class Model:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
         self.weights = load_weights(self.file, self.config)
+        bus_error.install()  # the kernels read the mapping from here on
         self.transformer = Transformer(self.config, self.weights)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())

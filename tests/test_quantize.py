@@ -871,6 +871,83 @@ def test_disk_full_while_writing(hf_checkpoint, tmp_path, monkeypatch):
     assert len(seen) == 5 and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("kind", ["fifo", "socket", "link to a character device", "link to a folder"])
+def test_force_replaces_only_regular_files(hf_checkpoint, tmp_path, kind):
+    """As root, `-o /dev/null --force` once replaced /dev/null with a regular file."""
+    out = tmp_path / "out.gguf"
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "socket":
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(out))
+    elif kind == "link to a character device":
+        out.symlink_to("/dev/null")
+    else:
+        (tmp_path / "folder").mkdir()
+        out.symlink_to(tmp_path / "folder")
+    before = os.lstat(out)
+    message = {"fifo": "is a FIFO", "socket": "is a socket", "link to a character device": "is a character device",
+               "link to a folder": "is a folder"}[kind]
+    with pytest.raises(CpuinferError, match=message):
+        quantize.convert(hf_checkpoint("llama"), out, "q8_0", force=True)
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0", "--force"), message)
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_dangling_link_is_replaced_with_force(hf_checkpoint, tmp_path):
+    out = tmp_path / "out.gguf"
+    out.symlink_to(tmp_path / "nowhere")
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0"), "already exists")
+    assert cli_quantize(hf_checkpoint("llama"), out, "q8_0", "--force", "-q").exit_code == 0
+    assert out.is_file() and not out.is_symlink()
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys"])
+def test_virtual_file_systems_are_not_a_full_disk(hf_checkpoint, folder):
+    if not Path(folder).is_dir():
+        pytest.skip(f"no {folder}")
+    out = Path(folder) / "model.gguf"
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0"),
+                     f"{folder} is on a virtual file system (like /proc or /sys), not a disk")
+
+
+def test_read_only_and_forbidden_folders_are_named(hf_checkpoint, tmp_path, monkeypatch):
+    statvfs, access = os.statvfs, os.access
+
+    def read_only(path):
+        st = statvfs(path)
+        return SimpleNamespace(f_flag=st.f_flag | (os.ST_RDONLY if Path(path) == tmp_path else 0),
+                               f_blocks=st.f_blocks)
+
+    monkeypatch.setattr(os, "statvfs", read_only)
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), tmp_path / "m.gguf", "q8_0"),
+                     f"{tmp_path} is on a read-only file system")
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    # root may write anywhere: pretend this folder forbids it
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), tmp_path / "m.gguf", "q8_0"),
+                     f"no permission to write in {tmp_path}")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("code, message", [
+    (errno.EFBIG, "would be larger than this file system or `ulimit -f` allows (FAT32 stops at 4 GB)"),
+    (errno.EROFS, "is on a read-only file system; nothing was written"),
+    (errno.EACCES, "no permission to write"),
+    (errno.EIO, "cannot write"),
+])
+def test_write_errors_have_their_own_messages(hf_checkpoint, tmp_path, monkeypatch, code, message):
+    src, out = hf_checkpoint("mixtral"), tmp_path / "m.gguf"
+    seen: list[int] = []
+    _cli_with_failure(monkeypatch, 3, OSError(code, os.strerror(code)), tmp_path, seen)
+    assert_cli_error(cli_quantize(src, out, "q8_0"), message)
+    assert "no room" not in message and leftovers(tmp_path) == []
+
+
 def test_interrupt_while_writing(hf_checkpoint, tmp_path, monkeypatch):
     src, out = hf_checkpoint("mixtral"), tmp_path / "m.gguf"
     seen: list[int] = []
