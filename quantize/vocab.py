@@ -36,9 +36,13 @@ def add_sentencepiece_vocab(source: Source, model_path: Path, vocab_size: int, b
     n = sp.vocab_size()
     if n > vocab_size:
         raise CpuinferError(f"{model_path} has {n} tokens but the model's vocab_size is {vocab_size}")
-    tokens, scores, types = [], [], []
+    try:  # sentencepiece loads a piece that is not UTF-8 and fails only when asked for its text
+        tokens = [sp.id_to_piece(i) for i in range(n)]
+    except UnicodeDecodeError as e:
+        raise CpuinferError(f"{model_path}: not a SentencePiece model (a piece is not UTF-8: "
+                            f"{quote(e.object[max(e.start - 8, 0):e.end + 8])})") from None
+    scores, types = [], []
     for i in range(n):
-        tokens.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
         types.append(UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else
                      UNUSED if sp.is_unused(i) else BYTE if sp.is_byte(i) else NORMAL)

@@ -556,6 +556,14 @@ def _broken_tokenizer(tmp, hf):
     return src, "q8_0", "not a SentencePiece model"
 
 
+def _tokenizer_piece_not_utf8(tmp, hf):
+    src = _copy(hf, tmp)
+    data = (src / "tokenizer.model").read_bytes()
+    at = data.index("\u2581t".encode()) + 1  # inside the 3 bytes of U+2581 in the piece "▁t"
+    replace_bytes(src / "tokenizer.model", data[:at] + b"\xff" + data[at + 1:])
+    return src, "q8_0", "not a SentencePiece model (a piece is not UTF-8"
+
+
 def _consolidated_without_dim(tmp, hf):
     src = checkpoints.write_consolidated("mistral", tmp / "src")
     edit_json(src / "params.json", lambda p: p.pop("dim"))
@@ -716,6 +724,7 @@ BAD_INPUTS = {
     "odd-rows-q4_1": _odd_rows("q4_1"),
     "missing-tokenizer": _missing_tokenizer,
     "broken-tokenizer": _broken_tokenizer,
+    "tokenizer-piece-not-utf8": _tokenizer_piece_not_utf8,
     "consolidated-without-dim": _consolidated_without_dim,
     "consolidated-without-weights": _consolidated_without_weights,
     "not-gguf": _not_gguf,
