@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType as QT
@@ -23,6 +24,7 @@ from gguf_parts import Parts, header_fields
 
 import cpuinfer
 from cpuinfer.errors import CpuinferError, GGUFError
+from cpuinfer.gguf_file import GGUFFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,7 +191,7 @@ def test_inconsistent_file_is_refused_with_a_clear_message(request, tmp_path, pa
 
 # --- tensor types cpuinfer does not compute with ---------------------------------------------
 
-@pytest.mark.parametrize("qtype", [QT.BF16, QT.I8, QT.I32, QT.F64, QT.Q5_0, QT.IQ4_NL])
+@pytest.mark.parametrize("qtype", [QT.I8, QT.I32, QT.F64, QT.MXFP4])
 def test_unsupported_weight_type_names_the_tensor_and_suggests_quantize(mistral_parts, tmp_path, qtype):
     parts = mistral_parts.copy().retype("blk.1.attn_output.weight", qtype)
     msg = load_error(parts.write(tmp_path / "bad.gguf"))
@@ -197,11 +199,13 @@ def test_unsupported_weight_type_names_the_tensor_and_suggests_quantize(mistral_
     assert "cpuinfer quantize" in msg, msg
 
 
-def test_k_quant_weight_names_the_tensor_and_suggests_quantize(smollm2, tmp_path):
-    """A Q4_K matrix (rows of 1536 values: whole 256-value super-blocks) in the default model."""
-    parts = Parts.read(smollm2).retype("blk.3.ffn_down.weight", QT.Q4_K)
-    msg = load_error(parts.write(tmp_path / "q4_k.gguf"))
-    assert "blk.3.ffn_down.weight" in msg and "Q4_K" in msg and "cpuinfer quantize" in msg, msg
+@pytest.mark.parametrize("qtype", [QT.IQ2_XXS, QT.IQ3_S, QT.IQ1_M, QT.TQ1_0])
+def test_unsupported_256_value_type_names_the_tensor_and_suggests_quantize(smollm2, tmp_path, qtype):
+    """i-quants and ternary types in the default model's ffn_down (rows of 1536 values: whole super-blocks)."""
+    parts = Parts.read(smollm2).retype("blk.3.ffn_down.weight", qtype)
+    msg = load_error(parts.write(tmp_path / "iq.gguf"))
+    assert "blk.3.ffn_down.weight" in msg and qtype.name in msg and "cpuinfer quantize" in msg, msg
+    assert "\n" not in msg, msg
 
 
 def test_k_quant_on_rows_that_do_not_fit_its_blocks(mistral_parts, tmp_path):
@@ -351,3 +355,19 @@ def test_no_corruption_crashes_the_process(converted, tmp_path):
     errors = sum(outcome.startswith("CpuinferError") for _, outcome in results)
     print(f"{len(results)} corruptions: {errors} CpuinferError, {len(results) - errors} loaded and ran")
     assert errors >= len(cases) // 2  # most corruptions are detected, not run
+
+
+def test_bf16_rows_that_are_not_whole_runs_are_refused(tmp_path):
+    """The BF16 decode kernel reads rows in runs of 32 values: other row lengths are refused before it runs."""
+    from cpuinfer.linear import linear_views
+
+    path = tmp_path / "bf16.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tensor("w", np.zeros((3, 48), dtype=np.uint16), raw_dtype=QT.BF16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g = GGUFFile(path)
+    with pytest.raises(GGUFError, match="BF16 with rows of 48"):
+        linear_views(g, g.tensors["w"])

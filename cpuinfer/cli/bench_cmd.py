@@ -24,7 +24,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
           threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
-          ctx: Optional[int] = o.CTX,
+          ctx: Optional[int] = o.CTX, kv_type: str = o.KV_TYPE,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
           debug: bool = o.DEBUG) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
@@ -34,7 +34,8 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         checked(reps, "-r/--reps", integer=True, lo=1)
         thread_counts = [checked(t, "-t/--threads", integer=True, lo=1) for t in threads] or [physical_cores()]
         longest = max(prompt + gen + [1])
-        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json)
+        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
+                       kv_type=kv_type)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
