@@ -222,7 +222,11 @@ def start(python: str, engine: str, args, **options) -> dict:
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else ["--no-" + flag[2:]] if value is False else [flag, str(value)]
     print("$", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"timed out after {args.timeout} s", file=sys.stderr)
+        return dict(engine=engine, error=f"timed out after {args.timeout} s", **options)
     if done.returncode:
         print(done.stderr[-3000:], file=sys.stderr)
         return dict(engine=engine, error=(done.stderr.strip().splitlines() or ["failed"])[-1], **options)
@@ -242,6 +246,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16, help="timed tokens")
     ap.add_argument("--warmup", type=int, default=8, help="tokens decoded before the timing")
     ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=None, help="seconds one engine's run may take")
     ap.add_argument("--drop-caches", action="store_true", help="also empty the whole page cache (root)")
     ap.add_argument("-o", "--output", type=Path, default=RESULTS / "mixtral.json")
     ap.add_argument("--worker", choices=["cpuinfer", "llamacpp"], help=argparse.SUPPRESS)
