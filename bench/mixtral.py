@@ -270,7 +270,7 @@ def main() -> None:
         runs.append(start(sys.executable, "cpuinfer", args, max_memory=budgets[0], policy=policy, guess=True))
     if args.compare_guess:
         runs.append(start(sys.executable, "cpuinfer", args, max_memory=budgets[0], policy=policies[0], guess=False))
-    traced = next((r for r in runs if "trace" in r), None)
+    traced = next((r for r in runs if isinstance(r.get("trace"), list)), None)
     table = policy_table(traced.pop("trace"), args.warmup) if traced else []
     conditions["load_average_after"] = os.getloadavg()
     args.output.parent.mkdir(parents=True, exist_ok=True)

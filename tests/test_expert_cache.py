@@ -222,3 +222,27 @@ def test_reuse_is_counted_per_layer():
         s.record(0, np.array([layer0]), 0, [(seq, 1)])
         s.record(1, np.array([layer1]), 0, [(seq, 1)])
     assert s.reuse_per_layer == [0.5, 1.0] and s.reuse_rate == 0.75 and s.tokens == 2
+
+
+def test_bench_reports_the_expert_cache_counters(files, reference):
+    import json
+
+    from test_cli import run
+
+    _, plan = reference
+    budget = str(budget_for(plan, SLOTS + 0.5))  # with the reference's context, 4096 tokens
+    r = run("bench", files[1], "-p", "0", "-n", "3", "-r", "1", "-t", "1", "--ctx", "4096", "--json",
+            "--max-memory", budget)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    assert out["expert_cache"]["slots"] == SLOTS and out["expert_cache"]["policy"] == "lru"
+    assert out["max_memory_mb"] == int(budget) / 1e6 and out["peak_rss_mb"] > 0
+    tg = out["results"][0]["extra"]
+    picks = SHAPE.n_layers * SHAPE.n_experts_used
+    assert tg["cache_hits_per_token"] + tg["cache_misses_per_token"] == pytest.approx(picks)
+    assert tg["cache_misses_per_token"] > 0 and 0 <= tg["guess_accuracy"] <= 1
+    assert tg["cache_read_bytes_per_token"] > 0 and len(tg["expert_reuse_per_layer"]) == SHAPE.n_layers
+    budget = str(budget_for(plan, SLOTS + 0.5))  # this process holds more now
+    table = run("bench", files[1], "-p", "0", "-n", "2", "-r", "1", "-t", "1", "--ctx", "4096", "--max-memory", budget)
+    assert table.exit_code == 0, table.output
+    assert "cache hits" in table.output and f"expert cache {SLOTS} x" in table.output
