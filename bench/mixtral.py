@@ -126,10 +126,10 @@ def run_llamacpp(args) -> dict:
 def simulate(trace, capacity: int, policy: str, guesses: bool, skip: int) -> dict:
     """Hit rate, misses and reads per token of an expert cache of `capacity` experts over a recorded
     trace (one entry per layer and token), counted after `skip` entries. A guessed expert is read,
-    if not held, before the next layer routes."""
+    if not held, before the next layer routes; if that router does not pick it, it is demoted."""
     from cpuinfer.cache_policy import make_policy
 
-    p, held = make_policy(policy), set()
+    p, held, unconfirmed = make_policy(policy), set(), set()
     hits = misses = reads = 0
 
     def bring(key, pinned) -> None:
@@ -143,6 +143,10 @@ def simulate(trace, capacity: int, policy: str, guesses: bool, skip: int) -> dic
     for i, (layer, experts, guess) in enumerate(trace):
         counted = i >= skip
         keys = {(layer, e) for e in experts}
+        for key in [k for k in unconfirmed if k[0] == layer]:
+            unconfirmed.discard(key)
+            if key not in keys and key in held:
+                p.demoted(key)
         for key in sorted(keys):
             p.picked(key)
             if key in held:
@@ -155,6 +159,7 @@ def simulate(trace, capacity: int, policy: str, guesses: bool, skip: int) -> dic
             if (layer + 1, e) not in held:
                 reads += counted
                 bring((layer + 1, e), keys)
+                unconfirmed.add((layer + 1, e))
     return _rates(hits, misses, reads, trace, skip)
 
 

@@ -30,6 +30,11 @@ class LRU:
     def removed(self, key) -> None:
         self._order.pop(key, None)
 
+    def demoted(self, key) -> None:
+        """`key` was read on a guess the router did not confirm: first to go among equals."""
+        if key in self._order:
+            self._order.move_to_end(key, last=False)
+
     def victim(self, evictable: Callable[[Hashable], bool]):
         return next((key for key in self._order if evictable(key)), None)
 
