@@ -205,6 +205,28 @@ def policy_table(trace, warmup_tokens: int) -> list[dict]:
     return rows
 
 
+def markdown(runs: list[dict]) -> str:
+    """The runs as a table for bench/README.md: tokens/s and its ratio to llama.cpp's, reads, hits, RSS."""
+    lcpp = next((r["tokens_per_second"] for r in runs if r["engine"] == "llama.cpp" and "error" not in r), None)
+    lines = ["| engine | --max-memory | policy | tg t/s | vs llama.cpp | disk MB/token | misses/token (MB) "
+             "| hit rate | guesses right | peak RSS GiB |", "|---" * 10 + "|"]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | {r.get('max_memory', '')} | | {r['error']} |" + " |" * 6)
+            continue
+        cache = r.get("cache_hit_rate") is not None
+        budget = f"{r['max_memory'] / 2**30:.1f}G" if "max_memory" in r else "–"
+        policy = (r["policy"] + (" + guesses" if r["guess_next"] else "")) if cache else "mapping"
+        ratio = f"{r['tokens_per_second'] / lcpp:.2f}" if lcpp else "–"
+        misses = f"{r['cache_misses_per_token']:.1f} ({r['miss_bytes_per_token'] / 1e6:.0f})" if cache else "–"
+        hits = f"{r['cache_hit_rate']:.0%}" if cache else "–"
+        right = f"{r['guess_accuracy']:.0%}" if cache and r["guess_accuracy"] is not None else "–"
+        lines.append(f"| {r['engine']} | {budget} | {policy if r['engine'] == 'cpuinfer' else 'mapping'} "
+                     f"| {r['tokens_per_second']:.3f} | {ratio} | {r['disk_bytes_per_token'] / 1e6:.0f} | {misses} "
+                     f"| {hits} | {right} | {r['peak_rss_bytes'] / 2**30:.1f} |")
+    return "\n".join(lines)
+
+
 # --- the driver -------------------------------------------------------------------------------
 
 def drop_page_cache(path: str, everything: bool) -> None:
@@ -281,6 +303,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(dict(conditions=conditions, runs=runs, policy_simulation=table), indent=1) + "\n")
     print(f"wrote {args.output}")
+    print(markdown(runs))
 
 
 if __name__ == "__main__":
