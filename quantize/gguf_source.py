@@ -57,4 +57,4 @@ def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
                 raise CpuinferError(f"{g.path}: cannot read {qtype.name} tensor {info.name}") from None
         return Matrix(rows_bytes.shape[0], cols, read)
 
-    return SourceTensor(info.name, info.shape, [part(s) for s in stacks])
+    return SourceTensor(info.name, info.shape, [part(s) for s in stacks], (qtype, stacks.reshape(-1, stacks.shape[-1])))
