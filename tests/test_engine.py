@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from gguf.quants import dequantize
 
 import checkpoints
 import cpuinfer
 import numpy_forward
+from gguf_oracle import dequantized_hf_weights
 
 KINDS = ("mistral", "mixtral", "llama")
 QUANT_TYPES = ("f16", "q8_0", "q4_0", "q4_1")
@@ -58,46 +58,6 @@ def greedy(model, cache, prompt, n: int) -> list[int]:
     out = [int(logits[-1].argmax())]
     while len(out) < n:
         out.append(int(model.forward([out[-1]], cache)[-1].argmax()))
-    return out
-
-
-# llama.cpp tensor names -> Hugging Face names (the converter's mapping, written out independently)
-_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
-        "output_norm.weight": "model.norm.weight"}
-_LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-          "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-          "ffn_down": "mlp.down_proj", "ffn_gate_inp": "block_sparse_moe.gate"}
-_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
-
-
-def dequantized_hf_weights(path, config: dict) -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file, read by gguf-py and dequantized, under its Hugging Face name and layout.
-
-    llama.cpp stores q/k rows permuted for its interleaved-pair RoPE (Meta's layout);
-    `meta_to_hf_rows` undoes that (checked against the checkpoint on the F32 file).
-    Mixtral's 3-D expert tensors are split per expert.
-    """
-    n_heads = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_heads
-    out = {}
-    for t in GGUFReader(path).tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if t.name in _TOP:
-            out[_TOP[t.name]] = w
-            continue
-        blk, i, kind, _ = t.name.split(".")
-        assert blk == "blk", t.name
-        prefix = f"model.layers.{i}."
-        if kind in _EXPERTS:
-            for e in range(w.shape[0]):
-                out[f"{prefix}block_sparse_moe.experts.{e}.{_EXPERTS[kind]}.weight"] = w[e]
-            continue
-        if kind == "attn_q":
-            w = checkpoints.meta_to_hf_rows(w, n_heads)
-        elif kind == "attn_k":
-            w = checkpoints.meta_to_hf_rows(w, n_kv)
-        out[prefix + _LAYER[kind] + ".weight"] = w
     return out
 
 

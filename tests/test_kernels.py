@@ -5,48 +5,85 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
+from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
 
 from cpuinfer.config import ModelConfig
 from cpuinfer.errors import ContextFullError, CpuinferError
 from cpuinfer.batched_attention import attend_kv_head
 from cpuinfer.kernels import attention as att
-from cpuinfer.kernels import dequant, matvec, nn
+from cpuinfer.kernels import iq4, nn
 from cpuinfer.kernels.kv_store import KV_TYPES, round_to_cache, store_kv
 from cpuinfer.kv_cache import RollingKVCache
+from cpuinfer.linear import _DEQUANT as DEQUANT  # every type's kernels, as linear.py dispatches them
+from cpuinfer.linear import _MATVEC as MATVEC
 from cpuinfer.linear import Linear, embed, matmul
 from cpuinfer.parallel import Workers
 
-MATVEC = {QT.Q8_0: matvec.matvec_q8_0, QT.Q4_0: matvec.matvec_q4_0, QT.Q4_1: matvec.matvec_q4_1,
-          QT.F16: matvec.matvec_f16}
-DEQUANT = {QT.Q8_0: dequant.dequant_rows_q8_0, QT.Q4_0: dequant.dequant_rows_q4_0,
-           QT.Q4_1: dequant.dequant_rows_q4_1, QT.F16: dequant.dequant_rows_f16}
-BLOCK_BYTES = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20}
+FLOAT16 = (QT.F16, QT.BF16)  # given to the kernels as uint16 bits
+# byte offsets of the f16 scales in each block (ggml-common.h)
+F16_SCALES = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2),
+              QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,),
+              QT.IQ4_NL: (0,), QT.IQ4_XS: (0,)}
+QUANTIZABLE = (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1)  # gguf.quants writes these; the others get random codes
 QTYPES = list(MATVEC)
 ROWS = [1, 3, 5, 7, 33]
-KS = [32, 64, 96, 576]
+
+
+def row_lengths(qtype) -> list[int]:
+    """Row lengths to test: whole blocks (256 values for K-quants and IQ4_XS, 32 for BF16's runs)."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    if block == 256:
+        return [256, 768]
+    return [32, 64, 96, 576]
+
+
+def cols(qtype) -> int:
+    """One row length that suits every type."""
+    return 256 if GGML_QUANT_SIZES[qtype][0] == 256 else 96
 
 
 # --- weights -------------------------------------------------------------------
 
 def weights(qtype, rows: int, k: int, rng) -> np.ndarray:
-    """Random weights as the kernels read them: uint8 block rows, or uint16 bits for F16."""
+    """Random weights as the kernels read them: uint8 block rows, or uint16 bits for F16/BF16.
+
+    Types gguf.quants cannot quantize get random codes and random normal f16 scales."""
     dense = rng.standard_normal((rows, k)).astype(np.float32)
     if qtype == QT.F16:
         return dense.astype(np.float16).view(np.uint16)
-    return quantize(dense, qtype)
+    if qtype == QT.BF16:
+        return quantize(dense, qtype).view(np.uint16)
+    if qtype in QUANTIZABLE:
+        return quantize(dense, qtype)
+    return with_scales(qtype, random_blocks(qtype, rows, k, rng), lambda shape: rng.standard_normal(shape) * 0.01)
+
+
+def random_blocks(qtype, rows: int, k: int, rng) -> np.ndarray:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return rng.integers(0, 256, size=(rows, k // block, size), dtype=np.uint8)
+
+
+def with_scales(qtype, blocks: np.ndarray, draw) -> np.ndarray:
+    """blocks [rows, n, bytes] with every f16 scale replaced by draw(shape), as uint8 rows."""
+    for o in F16_SCALES[qtype]:
+        scales = draw(blocks.shape[:2]).astype(np.float16)
+        blocks[:, :, o:o + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(blocks.shape[0], -1)
+
+
+EXTREME_SCALES = np.array([0.0, 6e-8, -6e-8, 1e-4, 1.0, -3.5, 1000.0, 65504.0, -65504.0], dtype=np.float16)
 
 
 def extreme_weights(qtype, rows: int, k: int, rng) -> np.ndarray:
     """Random quant bytes with scales drawn from zero, subnormal, tiny, huge and negative float16 values."""
-    scales = np.array([0.0, 6e-8, -6e-8, 1e-4, 1.0, -3.5, 1000.0, 65504.0, -65504.0], dtype=np.float16)
-    if qtype == QT.F16:
-        return rng.choice(scales, size=(rows, k)).view(np.uint16)
-    w = rng.integers(0, 256, size=(rows, k // 32, BLOCK_BYTES[qtype]), dtype=np.uint8)
-    n_scales = 2 if qtype == QT.Q4_1 else 1
-    w[:, :, : 2 * n_scales] = rng.choice(scales, size=(rows, k // 32, n_scales)).view(np.uint8)
-    w[0, 0] = 0  # one all-zero block
-    return w.reshape(rows, -1)
+    if qtype in FLOAT16:
+        values = rng.choice(EXTREME_SCALES, size=(rows, k))
+        return values.view(np.uint16) if qtype == QT.F16 else quantize(values.astype(np.float32), qtype).view(np.uint16)
+    blocks = random_blocks(qtype, rows, k, rng)
+    w = with_scales(qtype, blocks, lambda shape: rng.choice(EXTREME_SCALES, size=shape))
+    w[0, :GGML_QUANT_SIZES[qtype][1]] = 0  # one all-zero block
+    return w
 
 
 def dense(qtype, w: np.ndarray) -> np.ndarray:
@@ -78,7 +115,7 @@ def run_matvec(qtype, w, x):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_matches_numpy(qtype, rows):
     rng = np.random.default_rng(rows)
-    for k in KS:
+    for k in row_lengths(qtype):
         w, x = weights(qtype, rows, k, rng), rng.standard_normal(k).astype(np.float32)
         assert_close_to_scale(run_matvec(qtype, w, x), *reference_matvec(dense(qtype, w), x))
 
@@ -86,16 +123,18 @@ def test_matvec_matches_numpy(qtype, rows):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_extreme_scales_and_zero_blocks(qtype):
     rng = np.random.default_rng(7)
+    k = cols(qtype)
     for rows in (5, 33):
-        w = extreme_weights(qtype, rows, 96, rng)
-        x = (rng.standard_normal(96) * 10.0 ** rng.integers(-3, 4, 96)).astype(np.float32)
+        w = extreme_weights(qtype, rows, k, rng)
+        x = (rng.standard_normal(k) * 10.0 ** rng.integers(-3, 4, k)).astype(np.float32)
         assert_close_to_scale(run_matvec(qtype, w, x), *reference_matvec(dense(qtype, w), x))
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_all_zero_weights(qtype):
-    w = np.zeros_like(weights(qtype, 7, 64, np.random.default_rng(0)))
-    out = run_matvec(qtype, w, np.ones(64, dtype=np.float32))
+    k = cols(qtype)
+    w = np.zeros_like(weights(qtype, 7, k, np.random.default_rng(0)))
+    out = run_matvec(qtype, w, np.ones(k, dtype=np.float32))
     assert np.array_equal(out, np.zeros(7, dtype=np.float32))
 
 
@@ -104,20 +143,38 @@ def test_matvec_all_zero_weights(qtype):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 @pytest.mark.parametrize("make", [weights, extreme_weights], ids=["random", "extreme"])
 def test_dequant_rows_bit_exact(qtype, make):
-    w = make(qtype, 9, 96, np.random.default_rng(5))
+    k = cols(qtype)
+    w = make(qtype, 9, k, np.random.default_rng(5))
     ref = dense(qtype, w)
     for r0, n in [(0, 9), (3, 4), (8, 1)]:
-        out = np.full((n, 96), np.nan, dtype=np.float32)
+        out = np.full((n, k), np.nan, dtype=np.float32)
         DEQUANT[qtype](w, r0, out)
         assert_bit_exact(out, ref[r0:r0 + n])
 
 
 def assert_bit_exact(out, ref):
     """Identical float32 bits, except that 0.0 may stand for -0.0: Q4_0 computes d*q - 8d where gguf
-    computes d*(q - 8), which is -0.0 for q = 8 and d < 0 (and for d = -0.0)."""
+    computes d*(q - 8), which is -0.0 for q = 8 and d < 0 (and for d = -0.0); the K-quants add an offset of
+    0.0 where gguf has none."""
     nonzero = ref != 0
     assert np.array_equal(out.view(np.uint32)[nonzero], ref.view(np.uint32)[nonzero])
     assert not out[~nonzero].any()
+
+
+def test_iq4_levels_are_exact():
+    """The IQ4 kernels compute ggml's 16 levels with a rounded polynomial: it must hit every one exactly."""
+    from numba import njit
+
+    from gguf.quants import IQ4_NL
+
+    @njit
+    def levels(out):
+        for q in range(16):
+            out[q] = iq4.level(np.uint8(q))
+
+    out = np.empty(16, dtype=np.float32)
+    levels(out)
+    assert out.tolist() == list(IQ4_NL.kvalues)
 
 
 def test_half_to_float_is_exact_for_every_bit_pattern():
@@ -154,10 +211,11 @@ def linear(qtype, rows, cols, rng) -> tuple[Linear, np.ndarray]:
 @pytest.mark.parametrize("qtype", [QT.F32] + QTYPES, ids=lambda q: q.name)
 def test_matmul_matches_numpy(qtype, tile_floats):
     rng = np.random.default_rng(11)
-    workers = Workers(2, widest_row=1, tile_floats=2 * tile_floats)  # tile_floats per worker
-    lin, wd = linear(qtype, 13, 96, rng)
+    k = cols(qtype)
+    workers = Workers(2, widest_row=1, tile_floats=2 * tile_floats * k // 96)  # tile_floats per worker, for 96
+    lin, wd = linear(qtype, 13, k, rng)
     for T in (1, 2, 3, 17):
-        x = rng.standard_normal((T, 96)).astype(np.float32)
+        x = rng.standard_normal((T, k)).astype(np.float32)
         out = np.full((T, 13), np.nan, dtype=np.float32)
         assert matmul(lin, x, out, workers) is out
         for t in range(T):
@@ -166,9 +224,10 @@ def test_matmul_matches_numpy(qtype, tile_floats):
 
 @pytest.mark.parametrize("qtype", [QT.F32] + QTYPES, ids=lambda q: q.name)
 def test_embed_rows(qtype):
-    lin, wd = linear(qtype, 13, 96, np.random.default_rng(8))
+    k = cols(qtype)
+    lin, wd = linear(qtype, 13, k, np.random.default_rng(8))
     ids = np.array([12, 0, 5, 5])
-    out = np.full((4, 96), np.nan, dtype=np.float32)
+    out = np.full((4, k), np.nan, dtype=np.float32)
     embed(lin, ids, out)
     assert_bit_exact(out, wd[ids])
 
