@@ -22,7 +22,7 @@ from .imatrix import Imatrix, read_imatrix
 from .mixes import MIXES, Model, quantized, tensor_type
 from .quants import quantize_rows
 from .source import Source, SourceTensor
-from .writer import OutTensor, atomic_output, check_disk_space, estimated_size, write_gguf
+from .writer import OutTensor, atomic_output, check_disk_space, check_output, estimated_size, write_gguf
 
 TYPES = list(MIXES)  # what --type accepts
 ROUNDINGS = ("search", "reference")
@@ -124,12 +124,7 @@ def convert(src: str | Path, out: str | Path, type_name: str, force: bool = Fals
         raise CpuinferError(f"unknown rounding {rounding!r}; choose {' or '.join(ROUNDINGS)}")
     if imatrix is not None and rounding == "reference":
         raise CpuinferError("--imatrix weights the error search; it cannot be combined with the reference rounding")
-    if out.is_dir():
-        raise CpuinferError(f"{out} is a folder; give the output file name")
-    if out.exists() and not force:
-        raise CpuinferError(f"{out} already exists (use --force to overwrite it)")
-    if not out.parent.exists():
-        raise CpuinferError(f"{out.parent}: no such folder")
+    check_output(out, force)
     if src.resolve() == out.resolve():
         raise CpuinferError("the output must not be the input file")
     matrix = read_imatrix(imatrix) if imatrix is not None else None

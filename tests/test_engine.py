@@ -454,7 +454,7 @@ def test_smollm2_matches_llamacpp_computing_in_float(smollm2_model, record_prope
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    import cpuinfer
+    import cpuinfer.model  # numba and the kernels: importing them is not what load() costs
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
