@@ -14,7 +14,8 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 from gguf.constants import GGUFValueType as VT
 
-from cpuinfer.errors import CpuinferError
+from cpuinfer import metadata
+from cpuinfer.errors import CpuinferError, GGUFError
 
 from .checkpoint import open_consolidated, open_hf
 from .gguf_source import open_gguf
@@ -48,12 +49,15 @@ def open_source(src: Path) -> Source:
 def model_shape(source: Source, imatrix: bool) -> Model:
     """What llama.cpp's type rules need from the metadata."""
     md = {key: value for key, (value, _, _) in source.metadata.items()}
-    arch = md.get("general.architecture", "llama")
-    n_head = int(md.get(f"{arch}.attention.head_count", 0))
-    return Model(n_layer=int(md.get(f"{arch}.block_count", 0)), n_head=n_head,
-                 n_head_kv=int(md.get(f"{arch}.attention.head_count_kv", n_head)),
-                 n_expert=int(md.get(f"{arch}.expert_count", 0)),
-                 tied_embeddings=all(t.name != "output.weight" for t in source.tensors), imatrix=imatrix)
+    try:
+        arch = metadata.text(md, "general.architecture", "llama")
+        n_head = metadata.integer(md, f"{arch}.attention.head_count", 0, lo=0)
+        return Model(n_layer=metadata.integer(md, f"{arch}.block_count", 0, lo=0), n_head=n_head,
+                     n_head_kv=metadata.integer(md, f"{arch}.attention.head_count_kv", n_head, lo=0),
+                     n_expert=metadata.integer(md, f"{arch}.expert_count", 0, lo=0),
+                     tied_embeddings=all(t.name != "output.weight" for t in source.tensors), imatrix=imatrix)
+    except GGUFError as e:
+        raise CpuinferError(f"{source.description}: {e}") from None
 
 
 def plan_types(source: Source, type_name: str, imatrix: Imatrix | None = None,
