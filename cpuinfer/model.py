@@ -10,6 +10,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
+from .kernels import int8_dot
 from .threads import physical_cores, set_threads
 from .tokenizer import Tokenizer, from_gguf_metadata
 from .transformer import Transformer
@@ -21,8 +22,10 @@ DEFAULT_MAX_CTX = 4096
 class Model:
     """A loaded model: `forward` appends tokens to its KV cache and returns their logits."""
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+                 exact: bool = False):
         self.path = str(path)
+        self.exact = exact
         self.file = GGUFFile(path)
         md = self.file.metadata
         embd = self.file.tensors.get("token_embd.weight")
@@ -33,7 +36,7 @@ class Model:
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
-        weights = load_weights(self.file, self.config)
+        weights = load_weights(self.file, self.config, int8=not exact)
         if n_ctx is None:
             n_ctx = min(self.config.context_length, DEFAULT_MAX_CTX)
         # With a sliding window the cache holds min(window, n_ctx) slots whatever n_ctx is.
@@ -45,6 +48,11 @@ class Model:
             self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
+
+    @property
+    def kernels(self) -> str:
+        """The arithmetic of the matrix products: "int8 (<instructions>)" or "float32"."""
+        return f"int8 ({int8_dot.ISA})" if not self.exact and int8_dot.ISA else "float32"
 
     def set_threads(self, threads: int) -> None:
         """Run on `threads` threads from now on."""
@@ -94,6 +102,12 @@ class Model:
         return generate(self, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
 
 
-def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None) -> Model:
-    """Memory-map a GGUF model. `n_ctx` defaults to min(trained context, 4096); `threads` to physical cores."""
-    return Model(path, n_ctx=n_ctx, threads=threads)
+def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+         exact: bool = False) -> Model:
+    """Memory-map a GGUF model. `n_ctx` defaults to min(trained context, 4096); `threads` to physical cores.
+
+    By default the quantized matrices multiply activations quantized to int8 with integer dot
+    products where the CPU has them (AVX2 or better), as llama.cpp does; `exact=True` keeps the
+    activations in float32 (exact up to float32 rounding: for references and tests).
+    """
+    return Model(path, n_ctx=n_ctx, threads=threads, exact=exact)

@@ -39,11 +39,12 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
+         exact: bool = o.EXACT,
          debug: bool = o.DEBUG) -> None:
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
     with user_errors(debug):
-        m = load_model(model, ctx, threads)
+        m = load_model(model, ctx, threads, exact=exact)
         if template:
             m.tokenizer.use_chat_template(template)
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)

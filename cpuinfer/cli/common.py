@@ -45,7 +45,8 @@ def model_path(model: str | None) -> Path:
     return path
 
 
-def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False):
+def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False,
+               exact: bool = False):
     """Load a model and run its kernels once, with a status line on stderr.
 
     The warm-up compiles the numba kernels on the very first run (~10 s; later
@@ -57,7 +58,7 @@ def load_model(model: str | None, n_ctx: int | None = None, threads: int | None 
     path = model_path(model)
     with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
             else contextlib.nullcontext():
-        m = load(path, n_ctx=n_ctx, threads=threads)
+        m = load(path, n_ctx=n_ctx, threads=threads, exact=exact)
         m.forward([0, 0, 0], all_logits=False)  # a prompt chunk (dequantize + BLAS path)
         m.forward([0], all_logits=False)  # a decoded token (matvec kernels)
         m.reset()

@@ -21,6 +21,8 @@ THREADS = typer.Option(None, "--threads", "-t", help="threads (default: physical
 SYSTEM = typer.Option(None, "--system", help="system prompt")
 TEMPLATE = typer.Option(None, "--template", help="chat template: mistral, chatml, llama2, or a Jinja file")
 DEBUG = typer.Option(False, "--debug", help="show tracebacks")
+EXACT = typer.Option(False, "--exact", help="float32 activations instead of int8 ones in the matrix products "
+                     "(slower; exact up to float32 rounding)")
 
 
 def sampler_settings(temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
