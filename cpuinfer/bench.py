@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from .threads import clamp_threads, threads_for_call
+
 
 _CHUNK = 1 << 14
 
@@ -34,21 +36,22 @@ def _stream_sum(a):
     return total
 
 
-def memory_bandwidth(nbytes: int = 1 << 29, reps: int = 5) -> float:
-    """Read bandwidth in GB/s: a parallel numba sum over `nbytes` of float32 (best of reps)."""
+def memory_bandwidth(threads: int, nbytes: int = 1 << 29, reps: int = 5) -> float:
+    """Read bandwidth in GB/s on `threads` threads: a parallel numba sum over `nbytes` of float32 (best of reps)."""
     a = np.ones(nbytes // 4, dtype=np.float32)
-    _stream_sum(a)
     best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+    with threads_for_call(clamp_threads(threads), blas=False):
         _stream_sum(a)
-        best = min(best, time.perf_counter() - t)
+        for _ in range(reps):
+            t = time.perf_counter()
+            _stream_sum(a)
+            best = min(best, time.perf_counter() - t)
     return a.nbytes / best / 1e9
 
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights one decoded token reads (for MoE: the dense part plus the measured expert bytes)."""
-    w = model.transformer.weights
+    w = model.weights
     total = w.output.nbytes
     for layer in w.layers:
         total += sum(m.nbytes for m in (layer.wq, layer.wk, layer.wv, layer.wo))
@@ -88,31 +91,38 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench_prompt(model, n: int, reps: int, rng: np.random.Generator) -> BenchResult:
+def bench_prompt(model, n: int, reps: int, rng: np.random.Generator, threads: int | None = None) -> BenchResult:
+    """ppN: a prompt of n random tokens into an empty cache, `reps` times after a warm-up."""
+    cache = model.new_cache(max(n, 1))
+    threads = threads or model.threads
+
     def run():
-        model.reset()
-        model.forward(rng.integers(0, model.config.n_vocab, n), all_logits=False)
+        cache.reset()
+        model.forward(rng.integers(0, model.config.n_vocab, n), cache, all_logits=False, threads=threads)
 
     warm = _timed(run)
     times = [_timed(run) for _ in range(reps)]
-    return BenchResult(f"pp{n}", model.threads, [n / t for t in times], max(0.0, warm - min(times)),
+    return BenchResult(f"pp{n}", threads, [n / t for t in times], max(0.0, warm - min(times)),
                        {"time_to_first_token_s": float(np.mean(times))})
 
 
-def bench_decode(model, n: int, reps: int, rng: np.random.Generator) -> BenchResult:
+def bench_decode(model, n: int, reps: int, rng: np.random.Generator, threads: int | None = None) -> BenchResult:
+    """tgN: n tokens decoded one at a time from an empty cache, `reps` times after a warm-up."""
     stats = model.expert_stats
+    cache = model.new_cache(max(n, 1))
+    threads = threads or model.threads
 
     def run():
-        model.reset()
+        cache.reset()
         token = int(rng.integers(0, model.config.n_vocab))
         for _ in range(n):
-            token = int(model.forward([token], all_logits=False)[-1].argmax())
+            token = int(model.forward([token], cache, all_logits=False, threads=threads)[-1].argmax())
 
     warm = _timed(run)
     if stats is not None:  # count expert traffic over the measured runs only
         stats.clear()
     times = [_timed(run) for _ in range(reps)]
-    result = BenchResult(f"tg{n}", model.threads, [n / t for t in times], max(0.0, warm - min(times)))
+    result = BenchResult(f"tg{n}", threads, [n / t for t in times], max(0.0, warm - min(times)))
     per_token = weight_bytes_per_token(model)
     result.extra["weight_bytes_per_token"] = per_token
     result.extra["weight_gb_per_s"] = per_token * result.mean / 1e9

@@ -9,15 +9,15 @@ from typing import Callable, Iterator
 from .sampler import Sampler
 
 
-def generate(model, ids: list[int], sampler: Sampler, max_tokens: int | None = None,
+def generate(model, cache, ids: list[int], sampler: Sampler, max_tokens: int | None = None,
              on_prefill: Callable[[int, int], None] | None = None) -> Iterator[int]:
-    """Prefill `ids`, then yield sampled tokens until a stop token or `max_tokens`.
+    """Prefill `ids` into `cache`, then yield sampled tokens until a stop token or `max_tokens`.
 
     Every yielded token but the last is also fed to the model, so when the
-    generator ends the KV cache holds the prompt and all tokens before the
-    final one; a caller that continues must feed that one first.
+    generator ends the cache holds the prompt and all tokens before the final
+    one; a caller that continues must feed that one first.
     """
-    logits = model.forward(ids, all_logits=False, on_chunk=on_prefill)[-1]
+    logits = model.forward(ids, cache, all_logits=False, on_chunk=on_prefill)[-1]
     history = list(ids)
     stop_ids = model.tokenizer.stop_ids
     n = 0
@@ -28,10 +28,10 @@ def generate(model, ids: list[int], sampler: Sampler, max_tokens: int | None = N
         yield token
         if token in stop_ids or (max_tokens is not None and n >= max_tokens):
             return
-        room = model.room()
+        room = cache.room()
         if room is not None and room < 1:
             return
-        logits = model.forward([token], all_logits=False)[-1]
+        logits = model.forward([token], cache, all_logits=False)[-1]
 
 
 @dataclass
@@ -90,11 +90,12 @@ class StopStrings:
 class Reply:
     """A streamed completion: iterate for text deltas; afterwards `ids`, `text` and `timings` are final.
 
-    The model's KV cache then holds a prefix of what it was given plus `ids`
-    (`model.pos` says how much: an interrupted prefill keeps whole chunks).
+    The cache then holds a prefix of what it was given plus `ids` (`cache.pos`
+    says how much: an interrupted prefill keeps whole chunks).
     """
 
     model: object
+    cache: object
     prompt: list[int]
     sampler: Sampler
     max_tokens: int | None = None
@@ -111,7 +112,7 @@ class Reply:
         decoder, stops = self.model.tokenizer.stream(), StopStrings(self.stop)
         start = time.perf_counter()
         stamps: list[float] = []
-        tokens = generate(self.model, self.prompt, self.sampler, self.max_tokens, self.on_prefill)
+        tokens = generate(self.model, self.cache, self.prompt, self.sampler, self.max_tokens, self.on_prefill)
         try:
             for token in tokens:
                 stamps.append(time.perf_counter())

@@ -1,29 +1,41 @@
-"""`cpuinfer.load(path)`: a GGUF file mapped into a runnable model with its tokenizer."""
+"""`cpuinfer.load(path)`: a GGUF file mapped into a runnable model with its tokenizer.
+
+The model is weights + config + tokenizer and is shared: the state of a
+conversation is its KV cache, a value made by `new_cache()` and passed to every
+call, as in mlx-lm's `model(x, cache)`. Calls may come from several threads;
+they run one at a time (numba's thread pool runs one parallel region at a
+time), and concurrency comes from batching sequences into one step instead.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterator
 
 import numpy as np
+from gguf.constants import GGMLQuantizationType as QT
 
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
 from .kernels import int8_dot
-from .threads import physical_cores, set_threads
+from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache
+from .linear import MATVEC_MAX_ROWS
+from .parallel import Workers
+from .threads import clamp_threads, physical_cores, threads_for_call
 from .tokenizer import Tokenizer, from_gguf_metadata
-from .transformer import Transformer
+from .transformer import Segment, Transformer, prompt_batch
 from .weights import load_weights
 
 DEFAULT_MAX_CTX = 4096
 
 
 class Model:
-    """A loaded model: `forward` appends tokens to its KV cache and returns their logits."""
+    """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-                 exact: bool = False):
+                 kv_type: str | None = None, exact: bool = False):
         self.path = str(path)
         self.exact = exact
         self.file = GGUFFile(path)
@@ -36,16 +48,30 @@ class Model:
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
-        weights = load_weights(self.file, self.config, int8=not exact)
-        if n_ctx is None:
-            n_ctx = min(self.config.context_length, DEFAULT_MAX_CTX)
+        self.weights = load_weights(self.file, self.config, int8=not exact)
+        self.transformer = Transformer(self.config, self.weights)
+        self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
+        self.threads = clamp_threads(threads or physical_cores())
+        self.kv_type = kv_type or ("f32" if exact else DEFAULT_KV_TYPE)
+        RollingKVCache(self.config, 1, self.kv_type)  # an unknown or unusable type fails at load, not later
+        self.batch = prompt_batch(self.config)  # tokens per prompt chunk
+        self._float32_weights = any(t.ggml_type == QT.F32 and len(t.shape) > 1 for t in self.file.tensors.values())
+        self._workers: dict[int, Workers] = {}
+        self._lock = threading.Lock()
+
+    def _checked_ctx(self, n_ctx: int) -> int:
         # With a sliding window the cache holds min(window, n_ctx) slots whatever n_ctx is.
         if n_ctx <= 0 or (n_ctx > self.config.context_length and not self.config.sliding_window):
             raise CpuinferError(f"the context must be 1..{self.config.context_length} tokens "
                                 f"(the length this model was trained for), not {n_ctx}")
-        self.threads = set_threads(threads or physical_cores())
+        return n_ctx
+
+    def new_cache(self, n_ctx: int | None = None, kv_type: str | None = None) -> RollingKVCache:
+        """An empty KV cache for one sequence of up to `n_ctx` tokens, storing `kv_type` (f16, f32, q8_0)
+        values (defaults: the model's n_ctx and kv_type)."""
+        n_ctx = self._checked_ctx(self.n_ctx if n_ctx is None else n_ctx)
         try:
-            self.transformer = Transformer(self.config, weights, n_ctx, self.threads)
+            return RollingKVCache(self.config, n_ctx, kv_type or self.kv_type)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
 
@@ -54,60 +80,92 @@ class Model:
         """The arithmetic of the matrix products: "int8 (<instructions>)" or "float32"."""
         return f"int8 ({int8_dot.ISA})" if not self.exact and int8_dot.ISA else "float32"
 
-    def set_threads(self, threads: int) -> None:
-        """Run on `threads` threads from now on."""
-        self.threads = set_threads(threads)
-        self.transformer.use_threads(self.threads)
-
-    @property
-    def n_ctx(self) -> int:
-        return self.transformer.cache.n_ctx
-
-    @property
-    def context_limit(self) -> int | None:
-        """Most tokens a sequence may hold; None when a sliding window lets the cache roll forever."""
-        return None if self.transformer.cache.sliding else self.n_ctx
-
-    def room(self) -> int | None:
-        """Positions left before the context is full (None: it never fills)."""
-        return self.transformer.cache.room()
-
-    @property
-    def pos(self) -> int:
-        """Tokens in the KV cache (positions processed since the last reset)."""
-        return self.transformer.pos
-
     @property
     def expert_stats(self):
-        """Router counters of a mixture-of-experts model (None for dense models)."""
+        """Router counters of a mixture-of-experts model, over every sequence (None for dense models)."""
         return self.transformer.expert_stats
 
-    def forward(self, ids, all_logits: bool = True, on_chunk=None) -> np.ndarray:
-        """Logits float32 [len(ids), vocab] of `ids` appended after the cached positions."""
-        return self.transformer.forward(ids, all_logits=all_logits, on_chunk=on_chunk)
+    def forward(self, ids, cache: RollingKVCache, all_logits: bool = True, on_chunk=None,
+                threads: int | None = None) -> np.ndarray:
+        """Logits float32 [len(ids), vocab] (or [1, vocab] of the last token) of `ids` appended to `cache`.
 
-    def reset(self) -> None:
-        """Empty the KV cache: the next token is at position 0."""
-        self.transformer.reset()
+        A long prompt runs in chunks; `on_chunk(done, total)` is called after each.
+        """
+        ids = self._checked_ids(ids)
+        cache.check_room(ids.size)
+        step = max(1, min(self.batch, cache.size))
+        outputs = []
+        for start in range(0, ids.size, step):
+            chunk = ids[start:start + step]
+            last = start + chunk.size == ids.size
+            wanted = slice(None) if all_logits else slice(-1, None) if last else slice(0)
+            segment = Segment(chunk, cache, wanted)
+            logits = self._step([segment], threads)[0]
+            if logits.shape[0]:
+                outputs.append(logits)
+            if on_chunk is not None:
+                on_chunk(start + chunk.size, ids.size)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def rewind(self, pos: int) -> bool:
-        """Drop cached positions >= pos; False (cache unchanged) if the rolling buffer already lost
-        what they would need."""
-        return self.transformer.cache.rewind(pos)
+    def forward_batch(self, requests: list[tuple[list[int], RollingKVCache]],
+                      threads: int | None = None) -> list[np.ndarray]:
+        """One step for several sequences together: each (ids, cache) is appended to its cache, and the
+        logits [vocab] of its last token come back. Every weight is read once for all of them."""
+        segments = []
+        for ids, cache in requests:
+            ids = self._checked_ids(ids)
+            cache.check_room(ids.size)
+            segments.append(Segment(ids, cache, slice(-1, None)))
+        if len({id(s.cache) for s in segments}) != len(segments):
+            raise CpuinferError("forward_batch() got the same cache twice")
+        return [logits[0] for logits in self._step(segments, threads)]
 
-    def generate(self, ids, sampler, max_tokens: int | None = None, on_prefill=None) -> Iterator[int]:
-        """Yield sampled token ids after prefilling `ids`; stops at an end-of-sequence token."""
+    def embed(self, texts: list[str], pooling: str | None = None, normalize: bool = True,
+              on_text=None, threads: int | None = None):
+        """Embeddings of `texts` from the final normed hidden state: float32 [len(texts), dim], or with
+        pooling "none" a list of [tokens, dim] arrays. See cpuinfer/embeddings.py."""
+        from .embeddings import embed
+
+        return embed(self, texts, pooling=pooling, normalize=normalize, on_text=on_text, threads=threads)
+
+    def _step(self, segments: list[Segment], threads: int | None, hidden: bool = False) -> list[np.ndarray]:
+        n = clamp_threads(threads or self.threads)
+        blas = self._float32_weights or sum(len(s) for s in segments) > MATVEC_MAX_ROWS or \
+            any(len(s) > 1 for s in segments)
+        with self._lock, threads_for_call(n, blas):
+            return self.transformer.step(segments, self._workers_for(n), hidden=hidden)
+
+    def _workers_for(self, threads: int) -> Workers:
+        if threads not in self._workers:
+            cfg = self.config
+            self._workers[threads] = Workers(threads, widest_row=max(cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim))
+        return self._workers[threads]
+
+    def _checked_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise CpuinferError("forward() needs at least one token")
+        bad = (ids < 0) | (ids >= self.config.n_vocab)
+        if bad.any():
+            raise CpuinferError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        return ids
+
+    def generate(self, ids, cache: RollingKVCache, sampler, max_tokens: int | None = None,
+                 on_prefill=None) -> Iterator[int]:
+        """Yield sampled token ids after prefilling `ids` into `cache`; stops at an end-of-sequence token."""
         from .generation import generate
 
-        return generate(self, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
+        return generate(self, cache, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
 
 
 def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-         exact: bool = False) -> Model:
-    """Memory-map a GGUF model. `n_ctx` defaults to min(trained context, 4096); `threads` to physical cores.
+         kv_type: str | None = None, exact: bool = False) -> Model:
+    """Memory-map a GGUF model. `n_ctx` and `kv_type` are the defaults of new caches: min(trained
+    context, 4096) and float16; `threads` defaults to the physical cores.
 
     By default the quantized matrices multiply activations quantized to int8 with integer dot
-    products where the CPU has them (AVX2 or better), as llama.cpp does; `exact=True` keeps the
-    activations in float32 (exact up to float32 rounding: for references and tests).
+    products where the CPU has them (AVX2 or better), as llama.cpp does. `exact=True` keeps the
+    activations in float32, and the KV cache too unless `kv_type` is given: exact up to float32
+    rounding, for references and tests.
     """
-    return Model(path, n_ctx=n_ctx, threads=threads, exact=exact)
+    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact)

@@ -26,7 +26,11 @@ def route(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ExpertStats:
-    """What the router did: picks per layer and expert, bytes of expert weights read, reuse."""
+    """What the router did: picks per layer and expert, bytes of expert weights read, reuse.
+
+    Counted over every sequence the model runs; "reuse" compares each token's
+    picks with the previous token of the same sequence (kept in its cache).
+    """
 
     def __init__(self, n_layers: int, n_experts: int):
         self.counts = np.zeros((n_layers, n_experts), dtype=np.int64)
@@ -39,24 +43,23 @@ class ExpertStats:
         self.tokens = 0  # tokens routed (counted once, not per layer)
         self.reused = 0  # picks that the previous token also made in the same layer
         self.picks = 0  # picks that had a previous token to compare with
-        self._previous: list[set[int] | None] = [None] * self.counts.shape[0]
 
-    def record(self, layer: int, chosen: np.ndarray, nbytes: int) -> None:
+    def record(self, layer: int, chosen: np.ndarray, nbytes: int, owners) -> None:
+        """Count one layer's picks `chosen` [T, k]; `owners` lists (cache, rows) of consecutive row runs."""
         np.add.at(self.counts[layer], chosen.ravel(), 1)
         self.bytes_read += nbytes
         if layer == 0:
             self.tokens += chosen.shape[0]
-        for row in chosen:
-            picked = set(row.tolist())
-            previous = self._previous[layer]
-            if previous is not None:
-                self.reused += len(picked & previous)
-                self.picks += len(picked)
-            self._previous[layer] = picked
-
-    def forget_sequence(self) -> None:
-        """A new sequence starts: the next token has no predecessor."""
-        self._previous = [None] * len(self._previous)
+        start = 0
+        for cache, n in owners:
+            for row in chosen[start:start + n]:
+                picked = frozenset(row.tolist())
+                previous = cache.expert_picks[layer]
+                if previous is not None:
+                    self.reused += len(picked & previous)
+                    self.picks += len(picked)
+                cache.expert_picks[layer] = picked
+            start += n
 
     @property
     def bytes_per_token(self) -> float:
@@ -68,8 +71,11 @@ class ExpertStats:
 
 
 def moe_feed_forward(layer: Layer, layer_index: int, h: np.ndarray, out: np.ndarray, k: int,
-                     scratch, workers, stats: ExpertStats) -> None:
-    """out = sum over each token's top-k experts of weight * down(silu(gate(h)) * up(h))."""
+                     scratch, workers, stats: ExpertStats, owners) -> None:
+    """out = sum over each token's top-k experts of weight * down(silu(gate(h)) * up(h)).
+
+    `owners` [(cache, rows), ...] says which sequence each run of rows belongs to (for the counters).
+    """
     T = h.shape[0]
     logits = scratch.router[:T]
     matmul(layer.router, h, logits, workers)
@@ -88,4 +94,4 @@ def moe_feed_forward(layer: Layer, layer_index: int, h: np.ndarray, out: np.ndar
         matmul(expert.down, gate, down, workers)
         out[rows] += weights[rows, which][:, None] * down
         nbytes += expert.nbytes
-    stats.record(layer_index, chosen, nbytes)
+    stats.record(layer_index, chosen, nbytes, owners)

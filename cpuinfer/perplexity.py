@@ -89,8 +89,6 @@ def perplexity(model, text: str, ctx: int = 512, stride: int | None = None, base
         raise CpuinferError("--ctx must be at least 4 and --stride at least 1")
     if ctx > model.config.context_length:
         raise CpuinferError(f"--ctx {ctx} is larger than the model's context {model.config.context_length}")
-    if ctx > model.n_ctx:
-        raise CpuinferError(f"--ctx {ctx} is larger than the loaded context {model.n_ctx}")
     tok = model.tokenizer
     if base is not None and base.tokenizer.tokens != tok.tokens:
         raise CpuinferError("the base model has a different vocabulary")
@@ -99,15 +97,17 @@ def perplexity(model, text: str, ctx: int = 512, stride: int | None = None, base
     if n_windows == 0:
         raise CpuinferError(f"the text has {len(ids)} tokens, fewer than one window of {ctx}")
     result = PerplexityResult()
+    cache = model.new_cache(ctx)
+    base_cache = base.new_cache(ctx) if base is not None else None
     first = ctx // 2
     for window in windows(ids, ctx, stride):
         if tok.add_bos and tok.bos_id is not None:
             window = [tok.bos_id] + window[1:]
         targets = np.asarray(window[first + 1:])
-        logp = _scored_log_probs(model, window, first)
+        logp = _scored_log_probs(model, cache, window, first)
         result.nll.extend((-logp[np.arange(targets.size), targets]).tolist())
         if base is not None:
-            base_logp = _scored_log_probs(base, window, first)
+            base_logp = _scored_log_probs(base, base_cache, window, first)
             result.base_nll.extend((-base_logp[np.arange(targets.size), targets]).tolist())
             p_base = np.exp(base_logp)
             result.kl.extend((p_base * (base_logp - logp)).sum(axis=1).tolist())
@@ -118,7 +118,7 @@ def perplexity(model, text: str, ctx: int = 512, stride: int | None = None, base
     return result
 
 
-def _scored_log_probs(model, window: list[int], first: int) -> np.ndarray:
-    model.reset()
-    logits = model.forward(window, all_logits=True)
+def _scored_log_probs(model, cache, window: list[int], first: int) -> np.ndarray:
+    cache.reset()
+    logits = model.forward(window, cache, all_logits=True)
     return log_softmax(logits[first:len(window) - 1])

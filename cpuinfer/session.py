@@ -12,7 +12,7 @@ from .sampler import Sampler, SamplerSettings
 
 
 class ChatSession:
-    """Messages plus the exact tokens in the model's cache.
+    """Messages plus the exact tokens in the conversation's KV cache.
 
     Each turn renders the whole conversation with the chat template, keeps the
     cached tokens it shares with that rendering, and prefills only the rest, so
@@ -21,8 +21,9 @@ class ChatSession:
     """
 
     def __init__(self, model, system: str | None = None, settings: SamplerSettings = SamplerSettings(),
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, cache=None):
         self.model = model
+        self.cache = cache if cache is not None else model.new_cache()
         self.system = system
         self.settings = settings
         self.sampler = Sampler(settings)
@@ -30,7 +31,7 @@ class ChatSession:
         self.messages: list[dict] = []
         self.cached: list[int] = []  # the tokens in the KV cache, in order
         self.last: Reply | None = None
-        model.reset()
+        self.cache.reset()
 
     def configure(self, **changes) -> None:
         """Change sampling settings (temperature=..., top_p=..., seed=...)."""
@@ -44,7 +45,7 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         self.messages, self.cached = [], []
-        self.model.reset()
+        self.cache.reset()
 
     def drop_oldest(self) -> bool:
         """Remove the oldest exchange (a user message and the replies after it); False if none."""
@@ -57,7 +58,7 @@ class ChatSession:
         return True
 
     def context_used(self) -> int:
-        return self.model.pos
+        return self.cache.pos
 
     def send(self, text: str, on_prefill: Callable[[int, int], None] | None = None) -> Iterator[str]:
         """Add a user message and stream the reply's text. Ctrl-C (KeyboardInterrupt) stops the reply but
@@ -66,17 +67,17 @@ class ChatSession:
             raise CpuinferError("empty message")
         self.messages.append({"role": "user", "content": text})
         target = self.model.tokenizer.apply_chat_template(self.conversation(), add_generation_prompt=True)
-        limit = self.model.context_limit
+        limit = self.cache.limit
         if limit is not None and len(target) >= limit:
             self.messages.pop()
             raise ContextFullError(f"context full: the conversation needs {len(target)} tokens of {limit}; "
                                    "use /reset to start over or /drop to forget the oldest exchange")
         new = self._keep_common_prefix(target)
-        reply = self.last = Reply(self.model, new, self.sampler, max_tokens=self.max_tokens, on_prefill=on_prefill)
+        reply = self.last = Reply(self.model, self.cache, new, self.sampler, max_tokens=self.max_tokens, on_prefill=on_prefill)
         try:
             yield from reply
         finally:
-            self.cached = (target + reply.ids)[:self.model.pos]
+            self.cached = (target + reply.ids)[:self.cache.pos]
             if reply.ids:
                 ids = reply.ids[:-1] if reply.ids[-1] in self.model.tokenizer.stop_ids else reply.ids
                 self.messages.append({"role": "assistant", "content": reply.text, "ids": ids})
@@ -91,8 +92,8 @@ class ChatSession:
                 break
             common += 1
         common = min(common, len(target) - 1)  # feed at least one token, to get logits
-        if not self.model.rewind(common):
-            self.model.reset()
+        if not self.cache.rewind(common):
+            self.cache.reset()
             common = 0
         self.cached = self.cached[:common]
         return target[common:]

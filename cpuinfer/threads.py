@@ -1,8 +1,11 @@
-"""How many threads the kernels use."""
+"""How many threads the kernels use, scoped to one call."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from typing import Iterator
 
 
 def physical_cores() -> int:
@@ -21,12 +24,35 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def set_threads(n: int) -> int:
-    """Use n threads in numba kernels; BLAS gets one (cpuinfer's workers split its calls, see parallel.py)."""
+def clamp_threads(n: int) -> int:
+    """n limited to 1 .. the threads numba started with."""
     import numba
-    from threadpoolctl import threadpool_limits
 
-    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+@functools.cache
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finding the loaded BLAS libraries takes ~7 ms: once
+
+
+@contextlib.contextmanager
+def threads_for_call(n: int, blas: bool) -> Iterator[None]:
+    """Run the block's numba kernels on n threads and, if `blas`, BLAS on one; restore both after.
+
+    numba's thread count is per calling thread, so this touches no other
+    thread's setting. BLAS is held to one thread while cpuinfer's own workers
+    split its calls (see parallel.py); entering that limit costs ~70 us, so
+    calls that use no BLAS (decoding a token) skip it.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
     numba.set_num_threads(n)
-    threadpool_limits(1, user_api="blas")
-    return n
+    try:
+        with _blas().limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
+            yield
+    finally:
+        numba.set_num_threads(previous)

@@ -1,8 +1,10 @@
 """The decoder: embeddings -> N x (attention, feed-forward) -> norm -> logits.
 
-Reads like the Llama/Mistral papers; every step is one kernel call over
-activation buffers allocated once, so a decoded token allocates little more
-than its logits.
+Reads like the Llama/Mistral papers. The transformer holds only weights: each
+step is given the sequences it advances, as segments of new tokens that each
+follow what their own KV cache holds, so one step can decode a token for many
+conversations at once (every weight is read once for all of them) or read a
+chunk of one prompt.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import CpuinferError
-from .interrupts import interrupts_deferred
 from .batched_attention import attend_kv_head
+from .config import ModelConfig
+from .interrupts import interrupts_deferred
 from .kernels.attention import attention
 from .kernels.nn import rms_norm, rope, rope_tables, silu_mul
 from .kv_cache import RollingKVCache
@@ -45,140 +46,130 @@ def prompt_batch(cfg: ModelConfig) -> int:
     return batch
 
 
+@dataclass(frozen=True)
+class Segment:
+    """New tokens of one sequence, at the positions after those its cache holds."""
+
+    ids: np.ndarray  # int64 [n]
+    cache: RollingKVCache
+    wanted: slice  # the tokens (of these n) whose outputs are returned
+
+    def __len__(self) -> int:
+        return self.ids.size
+
+    def wanted_rows(self, start: int) -> np.ndarray:
+        """Row numbers of the wanted tokens in a step where this segment starts at row `start`."""
+        return start + np.arange(len(self))[self.wanted]
+
+
 @dataclass
 class Scratch:
-    """Activation buffers for up to `batch` tokens, allocated once."""
+    """Activation buffers of one step of T tokens."""
 
-    x: np.ndarray  # residual stream [B, dim]
-    h: np.ndarray  # normalized input of a block [B, dim]
-    q: np.ndarray  # [B, heads * head_dim]
-    k: np.ndarray  # every layer's new keys [layers, B, kv_heads * head_dim], cached when the chunk ends
+    x: np.ndarray  # residual stream [T, dim]
+    h: np.ndarray  # normalized input of a block [T, dim]
+    q: np.ndarray  # [T, heads * head_dim]
+    k: np.ndarray  # every layer's new keys [layers, T, kv_heads * head_dim], cached when the step ends
     v: np.ndarray
-    attn: np.ndarray  # attention output before wo [B, heads * head_dim]
-    o: np.ndarray  # block output [B, dim]
-    gate: np.ndarray  # [B, ffn]
+    attn: np.ndarray  # attention output before wo [T, heads * head_dim]
+    o: np.ndarray  # block output [T, dim]
+    gate: np.ndarray  # [T, ffn]
     up: np.ndarray
-    down: np.ndarray  # one expert's output [B, dim]
-    router: np.ndarray  # [B, n_experts]
+    down: np.ndarray  # one expert's output [T, dim]
+    router: np.ndarray  # [T, n_experts]
 
     @classmethod
-    def allocate(cls, cfg: ModelConfig, batch: int) -> "Scratch":
+    def allocate(cls, cfg: ModelConfig, T: int) -> "Scratch":
         def buf(n: int) -> np.ndarray:
-            return np.zeros((batch, n), dtype=np.float32)
+            return np.empty((T, n), dtype=np.float32)
 
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        per_layer_kv = (cfg.n_layers, batch, kv_dim)
-        return cls(x=buf(cfg.dim), h=buf(cfg.dim), q=buf(q_dim), k=np.zeros(per_layer_kv, np.float32),
-                   v=np.zeros(per_layer_kv, np.float32), attn=buf(q_dim), o=buf(cfg.dim), gate=buf(cfg.ffn_dim),
+        per_layer_kv = (cfg.n_layers, T, kv_dim)
+        return cls(x=buf(cfg.dim), h=buf(cfg.dim), q=buf(q_dim), k=np.empty(per_layer_kv, np.float32),
+                   v=np.empty(per_layer_kv, np.float32), attn=buf(q_dim), o=buf(cfg.dim), gate=buf(cfg.ffn_dim),
                    up=buf(cfg.ffn_dim), down=buf(cfg.dim), router=buf(max(cfg.n_experts, 1)))
 
 
 class Transformer:
-    """Forward pass of a Llama-family decoder with a rolling KV cache."""
+    """Forward pass of a Llama-family decoder; the state of each sequence lives in its RollingKVCache."""
 
-    def __init__(self, config: ModelConfig, weights: Weights, n_ctx: int, threads: int, batch: int | None = None):
+    def __init__(self, config: ModelConfig, weights: Weights):
         self.config = config
         self.weights = weights
-        self.cache = RollingKVCache(config, n_ctx)
-        self.batch = max(1, min(batch or prompt_batch(config), self.cache.size))
-        self.scratch = Scratch.allocate(config, self.batch)
-        self.use_threads(threads)
         self.expert_stats = ExpertStats(config.n_layers, config.n_experts) if config.is_moe else None
 
-    def use_threads(self, threads: int) -> None:
-        """Split batched work over `threads` workers (decode kernels follow numba's thread count)."""
-        cfg = self.config
-        self.workers = Workers(threads, widest_row=max(cfg.dim, cfg.ffn_dim, cfg.n_heads * cfg.head_dim))
+    def step(self, segments: list[Segment], workers: Workers, hidden: bool = False) -> list[np.ndarray]:
+        """Run every segment's tokens after its cache; return each segment's logits [wanted, vocab], or
+        with `hidden` its final normed hidden states [wanted, dim] (before the output projection).
 
-    @property
-    def pos(self) -> int:
-        """Number of positions processed since the last reset."""
-        return self.cache.pos
-
-    def reset(self) -> None:
-        """Empty the cache: the next token is at position 0."""
-        self.cache.reset()
-        if self.expert_stats is not None:
-            self.expert_stats.forget_sequence()
-
-    def forward(self, ids, all_logits: bool = True, on_chunk=None) -> np.ndarray:
-        """Run `ids` after the cached positions; return logits [len(ids), vocab] (or [1, vocab]
-        for the last token only). `on_chunk(done, total)` is called after each prompt chunk."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if ids.size == 0:
-            raise CpuinferError("forward() needs at least one token")
-        bad = (ids < 0) | (ids >= self.config.n_vocab)
-        if bad.any():
-            raise CpuinferError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.n_vocab - 1})")
-        self.cache.check_room(ids.size)
-        outputs = []
-        for start in range(0, ids.size, self.batch):
-            chunk = ids[start:start + self.batch]
-            last = start + chunk.size == ids.size
-            logits = self._forward_chunk(chunk, n_logits=chunk.size if all_logits else int(last))
-            if logits.shape[0]:
-                outputs.append(logits)
-            if on_chunk is not None:
-                on_chunk(start + chunk.size, ids.size)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-
-    def _forward_chunk(self, ids: np.ndarray, n_logits: int) -> np.ndarray:
-        """Process one chunk; return the logits of its last `n_logits` tokens.
-
-        The chunk's keys and values reach the cache only at the end, in one
-        step that Ctrl-C cannot split: an interrupted chunk leaves the cache as
-        it was (in a rolling buffer, half-stored positions would overwrite
-        slots that earlier positions still need).
+        The keys and values reach the caches only at the end, in one step that
+        Ctrl-C cannot split: an interrupted step leaves every cache as it was
+        (in a rolling buffer, half-stored positions would overwrite slots that
+        earlier positions still need).
         """
-        cfg, w, s = self.config, self.weights, self.scratch
-        T = ids.size
-        x = s.x[:T]
-        embed(w.tok_embd, ids, x)
-        cos, sin = rope_tables(np.arange(self.cache.pos, self.cache.pos + T), cfg.rope_dim, cfg.rope_theta)
+        cfg, w = self.config, self.weights
+        T = sum(len(s) for s in segments)
+        s = Scratch.allocate(cfg, T)
+        starts = np.cumsum([0] + [len(seg) for seg in segments])
+        positions = np.concatenate([np.arange(seg.cache.pos, seg.cache.pos + len(seg)) for seg in segments])
+        x = s.x
+        embed(w.tok_embd, np.concatenate([seg.ids for seg in segments]), x)
+        cos, sin = rope_tables(positions, cfg.rope_dim, cfg.rope_theta)
         for i, layer in enumerate(w.layers):
-            x += self._attention(i, layer, x, cos, sin)
-            x += self._feed_forward(i, layer, x)
-        logits = np.empty((n_logits, cfg.n_vocab), dtype=np.float32)
-        if n_logits:
-            h = s.h[:n_logits]
-            rms_norm(x[T - n_logits:], w.out_norm, cfg.norm_eps, h)
-            matmul(w.output, h, logits, self.workers)
+            x += self._attention(i, layer, x, cos, sin, segments, starts, s, workers)
+            x += self._feed_forward(i, layer, x, segments, s, workers)
+        rows = [seg.wanted_rows(a) for seg, a in zip(segments, starts)]
+        wanted = np.concatenate(rows)
+        h = np.empty((wanted.size, cfg.dim), dtype=np.float32)
+        rms_norm(x[wanted], w.out_norm, cfg.norm_eps, h)
+        if hidden:
+            out = h
+        else:
+            out = np.empty((wanted.size, cfg.n_vocab), dtype=np.float32)
+            if wanted.size:
+                matmul(w.output, h, out, workers)
         with interrupts_deferred():
-            for i in range(cfg.n_layers):
-                self.cache.store(i, s.k[i, :T], s.v[i, :T])
-            self.cache.advance(T)
-        return logits
+            for seg, a, b in zip(segments, starts, starts[1:]):
+                for i in range(cfg.n_layers):
+                    seg.cache.store(i, s.k[i, a:b], s.v[i, a:b])
+                seg.cache.advance(b - a)
+        ends = np.cumsum([r.size for r in rows])
+        return [out[e - r.size:e] for r, e in zip(rows, ends)]
 
-    def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        cfg, s, cache = self.config, self.scratch, self.cache
+    def _attention(self, i: int, layer: Layer, x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                   segments: list[Segment], starts: np.ndarray, s: Scratch, workers: Workers) -> np.ndarray:
+        cfg = self.config
         T = x.shape[0]
-        h = s.h[:T]
-        rms_norm(x, layer.attn_norm, cfg.norm_eps, h)
-        q = matmul(layer.wq, h, s.q[:T], self.workers).reshape(T, cfg.n_heads, cfg.head_dim)
-        k = matmul(layer.wk, h, s.k[i, :T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        v = matmul(layer.wv, h, s.v[i, :T], self.workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        rms_norm(x, layer.attn_norm, cfg.norm_eps, s.h)
+        q = matmul(layer.wq, s.h, s.q, workers).reshape(T, cfg.n_heads, cfg.head_dim)
+        k = matmul(layer.wk, s.h, s.k[i], workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = matmul(layer.wv, s.h, s.v[i], workers).reshape(T, cfg.n_kv_heads, cfg.head_dim)
         rope(q, cos, sin)
         rope(k, cos, sin)
-        out = s.attn[:T]
-        args = (q, k, v, cache.k[i], cache.v[i], cache.pos, cache.window, out.reshape(T, cfg.n_heads, cfg.head_dim))
-        if T == 1:
-            attention(*args)
-        else:
-            def heads(_, start: int, stop: int) -> None:
-                for g in range(start, stop):
-                    attend_kv_head(*args, g)
-            self.workers.run(heads, cfg.n_kv_heads)
-        return matmul(layer.wo, out, s.o[:T], self.workers)
+        out = s.attn.reshape(T, cfg.n_heads, cfg.head_dim)
+        for seg, a, b in zip(segments, starts, starts[1:]):
+            cache = seg.cache
+            cache.round(k[a:b])  # the chunk's own keys as the cache will hold them: chunking changes nothing
+            cache.round(v[a:b])
+            args = (q[a:b], k[a:b], v[a:b], *cache.layer(i), cache.pos, cache.window, out[a:b])
+            if b - a == 1:
+                attention(*args)
+            else:
+                def heads(_, start: int, stop: int, args=args) -> None:
+                    for g in range(start, stop):
+                        attend_kv_head(*args, g)
+                workers.run(heads, cfg.n_kv_heads)
+        return matmul(layer.wo, s.attn, s.o, workers)
 
-    def _feed_forward(self, i: int, layer: Layer, x: np.ndarray) -> np.ndarray:
-        cfg, s = self.config, self.scratch
-        T = x.shape[0]
-        h = s.h[:T]
-        rms_norm(x, layer.ffn_norm, cfg.norm_eps, h)
+    def _feed_forward(self, i: int, layer: Layer, x: np.ndarray, segments: list[Segment], s: Scratch,
+                      workers: Workers) -> np.ndarray:
+        cfg = self.config
+        rms_norm(x, layer.ffn_norm, cfg.norm_eps, s.h)
         if layer.ffn is None:
-            moe_feed_forward(layer, i, h, s.o[:T], cfg.n_experts_used, s, self.workers, self.expert_stats)
-            return s.o[:T]
-        gate = matmul(layer.ffn.gate, h, s.gate[:T], self.workers)
-        up = matmul(layer.ffn.up, h, s.up[:T], self.workers)
-        self.workers.run(lambda _, start, stop: silu_mul(gate[start:stop], up[start:stop]), T)
-        return matmul(layer.ffn.down, gate, s.o[:T], self.workers)
+            moe_feed_forward(layer, i, s.h, s.o, cfg.n_experts_used, s, workers, self.expert_stats,
+                             [(seg.cache, len(seg)) for seg in segments])
+            return s.o
+        gate = matmul(layer.ffn.gate, s.h, s.gate, workers)
+        up = matmul(layer.ffn.up, s.h, s.up, workers)
+        workers.run(lambda _, start, stop: silu_mul(gate[start:stop], up[start:stop]), x.shape[0])
+        return matmul(layer.ffn.down, gate, s.o, workers)

@@ -8,7 +8,6 @@ are corrupted byte by byte in a subprocess that must survive every case.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import struct
@@ -20,100 +19,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from gguf.constants import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as QT
 from gguf.constants import GGUFValueType as VT
 
 import cpuinfer
 from cpuinfer.errors import CpuinferError, GGUFError
 from cpuinfer.gguf_file import GGUFFile
+from gguf_parts import Parts
 
 REPO = Path(__file__).resolve().parents[1]
-ALIGNMENT = 32
-
-
-# --- rewriting a GGUF file ----------------------------------------------------------
-
-class Parts:
-    """A GGUF file taken apart: metadata {key: [value, type, item type]} and tensors
-    [[name, type, numpy shape, bytes]], to change and write back."""
-
-    def __init__(self, metadata: dict, tensors: list):
-        self.metadata, self.tensors = metadata, tensors
-
-    @classmethod
-    def read(cls, path) -> "Parts":
-        g = GGUFFile(path)
-        md = {}
-        for key, value in g.metadata.items():
-            if key.startswith("GGUF.") or key == "general.alignment":
-                continue
-            vtype, item = g.value_types[key]
-            md[key] = [value, VT(vtype), None if item is None else VT(item)]
-        tensors = [[t.name, QT(t.ggml_type), tuple(t.shape), bytes(g.raw(t))] for t in g.tensors.values()]
-        return cls(md, tensors)
-
-    def copy(self) -> "Parts":
-        return Parts(copy.deepcopy(self.metadata), [list(t) for t in self.tensors])
-
-    def set(self, key: str, value, vtype: VT | None = None, item: VT | None = None) -> "Parts":
-        if vtype is None:
-            vtype, item = self.metadata[key][1:] if key in self.metadata else (VT.UINT32, None)
-        self.metadata[key] = [value, vtype, item]
-        return self
-
-    def drop(self, prefix: str) -> "Parts":
-        self.metadata = {k: v for k, v in self.metadata.items() if not k.startswith(prefix)}
-        return self
-
-    def tensor(self, name: str) -> list:
-        return next(t for t in self.tensors if t[0] == name)
-
-    def drop_tensor(self, name: str) -> "Parts":
-        self.tensors = [t for t in self.tensors if t[0] != name]
-        return self
-
-    def reshape(self, name: str, shape: tuple[int, ...]) -> "Parts":
-        """Give tensor `name` another shape, cutting or zero-padding its bytes to fit."""
-        t = self.tensor(name)
-        block, size = GGML_QUANT_SIZES[t[1]]
-        nbytes = int(np.prod(shape)) // block * size
-        t[2], t[3] = tuple(shape), t[3][:nbytes].ljust(nbytes, b"\0")
-        return self
-
-    def set_token(self, i: int, text: str) -> "Parts":
-        self.metadata["tokenizer.ggml.tokens"][0][i] = text
-        return self
-
-    def retype(self, name: str, qtype: QT, fill: int = 0) -> "Parts":
-        """Store tensor `name` as `qtype` (same shape; the bytes are filler)."""
-        t = self.tensor(name)
-        block, size = GGML_QUANT_SIZES[qtype]
-        n = int(np.prod(t[2]))
-        assert n % block == 0
-        t[1], t[3] = qtype, bytes([fill]) * (n // block * size)
-        return self
-
-    def write(self, path) -> Path:
-        md = self.metadata
-        w = gguf.GGUFWriter(path, md["general.architecture"][0] if "general.architecture" in md else "llama")
-        if "general.architecture" not in md:
-            del w.kv_data[0]["general.architecture"]
-        for key, (value, vtype, item) in md.items():
-            if key != "general.architecture":
-                w.add_key_value(key, value.tolist() if isinstance(value, np.ndarray) else value, vtype, sub_type=item)
-        for name, qtype, shape, data in self.tensors:
-            w.add_tensor_info(name, shape, np.dtype(np.float32), len(data), raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        f = w.fout[0]
-        for _, _, _, data in self.tensors:
-            f.write(b"\0" * (-f.tell() % ALIGNMENT))
-            f.write(data)
-            f.write(b"\0" * (-len(data) % ALIGNMENT))
-        w.close()
-        return Path(path)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +51,8 @@ def test_rewriting_keeps_a_valid_file(mistral_parts, converted, tmp_path):
     """The rewriter itself: an unchanged rewrite loads and computes the same logits."""
     path = mistral_parts.copy().write(tmp_path / "same.gguf")
     ids = [1, 415, 2936, 9060, 285]
-    ours, orig = cpuinfer.load(path).forward(ids), cpuinfer.load(converted("mistral", "q4_0")).forward(ids)
+    ours, orig = (m.forward(ids, m.new_cache()) for m in (cpuinfer.load(path),
+                                                          cpuinfer.load(converted("mistral", "q4_0"))))
     np.testing.assert_array_equal(ours, orig)
 
 
@@ -255,7 +170,7 @@ def test_inconsistent_file_is_refused_with_a_clear_message(request, tmp_path, pa
 
 # --- tensor types cpuinfer does not compute with ---------------------------------------------
 
-@pytest.mark.parametrize("qtype", [QT.BF16, QT.I8, QT.I32, QT.F64, QT.Q5_0, QT.IQ4_NL])
+@pytest.mark.parametrize("qtype", [QT.I8, QT.I32, QT.F64, QT.MXFP4])
 def test_unsupported_weight_type_names_the_tensor_and_suggests_quantize(mistral_parts, tmp_path, qtype):
     parts = mistral_parts.copy().retype("blk.1.attn_output.weight", qtype)
     msg = load_error(parts.write(tmp_path / "bad.gguf"))
@@ -263,11 +178,13 @@ def test_unsupported_weight_type_names_the_tensor_and_suggests_quantize(mistral_
     assert "cpuinfer quantize" in msg, msg
 
 
-def test_k_quant_weight_names_the_tensor_and_suggests_quantize(smollm2, tmp_path):
-    """A Q4_K matrix (rows of 1536 values: whole 256-value super-blocks) in the default model."""
-    parts = Parts.read(smollm2).retype("blk.3.ffn_down.weight", QT.Q4_K)
-    msg = load_error(parts.write(tmp_path / "q4_k.gguf"))
-    assert "blk.3.ffn_down.weight" in msg and "Q4_K" in msg and "cpuinfer quantize" in msg, msg
+@pytest.mark.parametrize("qtype", [QT.IQ2_XXS, QT.IQ3_S, QT.IQ1_M, QT.TQ1_0])
+def test_unsupported_256_value_type_names_the_tensor_and_suggests_quantize(smollm2, tmp_path, qtype):
+    """i-quants and ternary types in the default model's ffn_down (rows of 1536 values: whole super-blocks)."""
+    parts = Parts.read(smollm2).retype("blk.3.ffn_down.weight", qtype)
+    msg = load_error(parts.write(tmp_path / "iq.gguf"))
+    assert "blk.3.ffn_down.weight" in msg and qtype.name in msg and "cpuinfer quantize" in msg, msg
+    assert "\n" not in msg, msg
 
 
 def test_k_quant_on_rows_that_do_not_fit_its_blocks(mistral_parts, tmp_path):
@@ -308,14 +225,15 @@ def test_missing_file_and_bad_n_ctx(converted, tmp_path):
 
 def test_token_ids_outside_the_vocabulary(converted):
     m = cpuinfer.load(converted("mistral", "q4_0"))
+    c = m.new_cache()
     for ids in ([32000], [-1], [1, 2, 32000, 3], [2**40], []):
         with pytest.raises(CpuinferError):
-            m.forward(ids)
-        assert m.pos == 0  # nothing was run, nothing cached
+            m.forward(ids, c)
+        assert c.pos == 0  # nothing was run, nothing cached
     with pytest.raises(CpuinferError, match="outside the vocabulary"):
-        m.forward([5, 99999])
-    assert m.forward([1, 2, 31999]).shape == (3, 32000)
-    assert m.pos == 3
+        m.forward([5, 99999], c)
+    assert m.forward([1, 2, 31999], c).shape == (3, 32000)
+    assert c.pos == 3
 
 
 # --- no crash for any corruption --------------------------------------------------------------
@@ -437,8 +355,9 @@ FUZZ_SCRIPT = textwrap.dedent("""
         try:
             model = cpuinfer.load(work, n_ctx=64)
             with np.errstate(all="ignore"):
-                model.forward([1, 2, 3])
-                model.forward([4])
+                cache = model.new_cache()
+                model.forward([1, 2, 3], cache)
+                model.forward([4], cache)
             outcome = "ok"
         except CpuinferError as e:
             outcome = "CpuinferError: " + str(e).replace(work, "FILE")
@@ -469,3 +388,19 @@ def test_no_corruption_crashes_the_process(converted, tmp_path):
     errors = sum(outcome.startswith("CpuinferError") for _, outcome in results)
     print(f"{len(results)} corruptions: {errors} CpuinferError, {len(results) - errors} loaded and ran")
     assert errors >= len(cases) // 2  # most corruptions are detected, not run
+
+
+def test_bf16_rows_that_are_not_whole_runs_are_refused(tmp_path):
+    """The BF16 decode kernel reads rows in runs of 32 values: other row lengths are refused before it runs."""
+    from cpuinfer.linear import linear_views
+
+    path = tmp_path / "bf16.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tensor("w", np.zeros((3, 48), dtype=np.uint16), raw_dtype=QT.BF16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g = GGUFFile(path)
+    with pytest.raises(GGUFError, match="BF16 with rows of 48"):
+        linear_views(g, g.tensors["w"])

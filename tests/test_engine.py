@@ -1,4 +1,4 @@
-"""The inference engine end to end: cpuinfer.load(path).forward(ids) against independent references.
+"""The inference engine end to end: cpuinfer.load(path).forward(ids, cache) against independent references.
 
 * F32 files of the tiny reference checkpoints (mistral with a 16-token sliding
   window, mixtral with 4 experts / top-2, llama) against the committed
@@ -9,6 +9,8 @@
   rounding; the integer path (int8 activations) within stated tolerances, and
   exactly as long as its roundings agree with ggml's.
 * The rolling KV buffer, the context limit, the Mixtral expert counters.
+  These tight comparisons use a float32 KV cache (kv_type="f32"); the default
+  float16 cache and q8_0 are measured against it in test_kv_types.py.
 * The default model (SmolLM2-135M Q4_1) against llama.cpp's logits; its memory
   mapping (resident memory after load) and thread count independence.
 """
@@ -24,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from gguf.quants import dequantize
 
 import checkpoints
 import cpuinfer
 import numpy_forward
+from gguf_oracle import dequantized_hf_weights
 
 KINDS = ("mistral", "mixtral", "llama")
 QUANT_TYPES = ("f16", "q8_0", "q4_0", "q4_1")
-INT8_TYPES = ("q8_0", "q4_0", "q4_1")  # the types with an integer path
+INT8_TYPES = ("q8_0", "q4_0", "q4_1")  # of these, the types with an integer path
 REL_TOL = 1e-3  # max |diff| <= REL_TOL * max |logit|, per position
 SAME_TOL = 1e-5  # the same computation split differently (chunks, threads)
 WINDOW = checkpoints.SPECS["mistral"]["sliding_window"]
@@ -52,53 +54,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def greedy(model, prompt, n: int) -> list[int]:
+def greedy(model, cache, prompt, n: int) -> list[int]:
     """Argmax continuation, one token per forward call."""
-    model.reset()
-    logits = model.forward(prompt, all_logits=False)
+    cache.reset()
+    logits = model.forward(prompt, cache, all_logits=False)
     out = [int(logits[-1].argmax())]
     while len(out) < n:
-        out.append(int(model.forward([out[-1]])[-1].argmax()))
-    return out
-
-
-# llama.cpp tensor names -> Hugging Face names (the converter's mapping, written out independently)
-_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
-        "output_norm.weight": "model.norm.weight"}
-_LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-          "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-          "ffn_down": "mlp.down_proj", "ffn_gate_inp": "block_sparse_moe.gate"}
-_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
-
-
-def dequantized_hf_weights(path, config: dict) -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file, read by gguf-py and dequantized, under its Hugging Face name and layout.
-
-    llama.cpp stores q/k rows permuted for its interleaved-pair RoPE (Meta's layout);
-    `meta_to_hf_rows` undoes that (checked against the checkpoint on the F32 file).
-    Mixtral's 3-D expert tensors are split per expert.
-    """
-    n_heads = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_heads
-    out = {}
-    for t in GGUFReader(path).tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if t.name in _TOP:
-            out[_TOP[t.name]] = w
-            continue
-        blk, i, kind, _ = t.name.split(".")
-        assert blk == "blk", t.name
-        prefix = f"model.layers.{i}."
-        if kind in _EXPERTS:
-            for e in range(w.shape[0]):
-                out[f"{prefix}block_sparse_moe.experts.{e}.{_EXPERTS[kind]}.weight"] = w[e]
-            continue
-        if kind == "attn_q":
-            w = checkpoints.meta_to_hf_rows(w, n_heads)
-        elif kind == "attn_k":
-            w = checkpoints.meta_to_hf_rows(w, n_kv)
-        out[prefix + _LAYER[kind] + ".weight"] = w
+        out.append(int(model.forward([out[-1]], cache)[-1].argmax()))
     return out
 
 
@@ -106,14 +68,13 @@ def dequantized_hf_weights(path, config: dict) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model(converted):
-    """model(kind, type, exact=True) -> the loaded GGUF (loaded once per module), its KV cache reset."""
+    """model(kind, type, exact=True) -> the loaded GGUF (loaded once per module)."""
     loaded = {}
 
     def get(kind: str, type_name: str = "f32", exact: bool = True):
         key = (kind, type_name, exact)
         if key not in loaded:
-            loaded[key] = cpuinfer.load(converted(kind, type_name), exact=exact)
-        loaded[key].reset()
+            loaded[key] = cpuinfer.load(converted(kind, type_name), kv_type="f32", exact=exact)
         return loaded[key]
 
     return get
@@ -134,12 +95,12 @@ def checkpoint_logits():
 
 @pytest.fixture(scope="module")
 def smollm2_models(smollm2):
-    """smollm2_models(exact) -> the default model, loaded once per path."""
+    """smollm2_models(exact) -> the default model with a float32 KV cache, loaded once per path."""
     loaded = {}
 
     def get(exact: bool):
         if exact not in loaded:
-            loaded[exact] = cpuinfer.load(smollm2, exact=exact)
+            loaded[exact] = cpuinfer.load(smollm2, kv_type="f32", exact=exact)
         return loaded[exact]
 
     return get
@@ -151,7 +112,8 @@ def smollm2_models(smollm2):
 def test_f32_logits_match_transformers(model, reference, kind, record_property):
     ref = reference(kind)
     m = model(kind)
-    logits = m.forward(ref["prompt_ids"])
+    c = m.new_cache()
+    logits = m.forward(ref["prompt_ids"], c)
     assert logits.shape == (96, 32000) and logits.dtype == np.float32
     err_cols = rel_err(logits[:, ref["cols"]], ref["logits_cols"])
     err_last = rel_err(logits[-1], ref["logits_last"])[0]
@@ -160,24 +122,25 @@ def test_f32_logits_match_transformers(model, reference, kind, record_property):
     assert err_cols.max() <= REL_TOL, (int(err_cols.argmax()), float(err_cols.max()))
     assert err_last <= REL_TOL
     np.testing.assert_array_equal(logits.argmax(1), ref["argmax"])
-    assert m.pos == 96
+    assert c.pos == 96
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_f32_greedy_continuation_matches_transformers(model, reference, kind):
     ref = reference(kind)
     m = model(kind)
-    assert greedy(m, ref["prompt_ids"], len(ref["greedy_ids"])) == ref["greedy_ids"].tolist()
-    assert m.pos == 96 + len(ref["greedy_ids"]) - 1
+    c = m.new_cache()
+    assert greedy(m, c, ref["prompt_ids"], len(ref["greedy_ids"])) == ref["greedy_ids"].tolist()
+    assert c.pos == 96 + len(ref["greedy_ids"]) - 1
 
 
-def chunked(m, ids, sizes) -> np.ndarray:
+def chunked(m, c, ids, sizes) -> np.ndarray:
     """Logits of `ids` fed in consecutive chunks of the given sizes (cycled), from an empty cache."""
-    m.reset()
+    c.reset()
     out, start, i = [], 0, 0
     while start < len(ids):
         n = sizes[i % len(sizes)]
-        out.append(m.forward(ids[start:start + n]))
+        out.append(m.forward(ids[start:start + n], c))
         start, i = start + n, i + 1
     return np.concatenate(out)
 
@@ -187,7 +150,8 @@ def test_chunking_does_not_change_logits(model, reference, kind):
     ref = reference(kind)
     ids = ref["prompt_ids"]
     m = model(kind)
-    whole = m.forward(ids)
+    c = m.new_cache()
+    whole = m.forward(ids, c)
     scale = np.abs(whole).max(axis=1)
     splits = {
         "chunks of 7": [7],
@@ -197,16 +161,16 @@ def test_chunking_does_not_change_logits(model, reference, kind):
         "one token at a time": [1],
     }
     for name, sizes in splits.items():
-        got = chunked(m, ids, sizes)
+        got = chunked(m, c, ids, sizes)
         err = np.abs(got - whole).max(axis=1) / scale
         assert err.max() <= SAME_TOL, (name, int(err.argmax()), float(err.max()))
-        assert m.pos == len(ids)
-    m.reset()
-    assert m.pos == 0
-    again = m.forward(ids)
+        assert c.pos == len(ids)
+    c.reset()
+    assert c.pos == 0
+    again = m.forward(ids, c)
     np.testing.assert_allclose(again, whole, rtol=0, atol=SAME_TOL * float(scale.min()))
-    m.reset()
-    last = m.forward(ids, all_logits=False)
+    c.reset()
+    last = m.forward(ids, c, all_logits=False)
     assert last.shape == (1, 32000)
     assert np.abs(last[0] - whole[-1]).max() <= SAME_TOL * scale[-1]
 
@@ -214,13 +178,14 @@ def test_chunking_does_not_change_logits(model, reference, kind):
 def test_rewind_recomputes_the_same_logits(model, reference):
     ids = reference("llama")["prompt_ids"]
     m = model("llama")
-    whole = m.forward(ids)
-    assert m.rewind(40)
-    assert m.pos == 40
-    again = m.forward(ids[40:])
+    c = m.new_cache()
+    whole = m.forward(ids, c)
+    assert c.rewind(40)
+    assert c.pos == 40
+    again = m.forward(ids[40:], c)
     assert rel_err(again, whole[40:]).max() <= SAME_TOL
-    assert not m.rewind(97)  # beyond what is cached
-    assert m.pos == 96
+    assert not c.rewind(97)  # beyond what is cached
+    assert c.pos == 96
 
 
 # --- 4: quantized files against float64 math on their own dequantized weights ----------------
@@ -244,7 +209,8 @@ def test_quantized_matches_float64_on_its_dequantized_weights(converted, model, 
     ids = reference(kind)["prompt_ids"]
     path = converted(kind, type_name)
     want = numpy_forward.forward(dequantized_hf_weights(path, cfg), cfg, ids)
-    got = model(kind, type_name).forward(ids)
+    m = model(kind, type_name)
+    got = m.forward(ids, m.new_cache())
     err = rel_err(got, want)
     cos = cosine(got, want)
     top1 = float((got.argmax(1) == want.argmax(1)).mean())
@@ -260,7 +226,6 @@ def test_quantized_matches_float64_on_its_dequantized_weights(converted, model, 
     assert err.max() <= REL_TOL, (int(err.argmax()), float(err.max()))
     assert top1 == 1.0
     assert np.median(cos) > 0.999999
-
 
 
 # The integer path rounds every activation vector to int8 before a product. Until one rounding lands
@@ -282,7 +247,8 @@ def test_int8_path_against_float64(converted, model, reference, kind, type_name,
     weights = dequantized_hf_weights(converted(kind, type_name), cfg)
     rounded = numpy_forward.forward(weights, cfg, ids, act=numpy_forward.q8_activations)
     want = numpy_forward.forward(weights, cfg, ids)
-    got = model(kind, type_name, exact=False).forward(ids)
+    m = model(kind, type_name, exact=False)
+    got = m.forward(ids, m.new_cache())
     err_rounded = rel_err(got, rounded)
     cos = cosine(got, want)
     top1 = float((got.argmax(1) == want.argmax(1)).mean())
@@ -303,45 +269,47 @@ def test_sliding_window_cache_rolls_over(converted, reference):
     ref = reference("mistral")
     ids = ref["prompt_ids"]
     assert len(ids) >= 5 * WINDOW
-    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000)
+    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000, kv_type="f32")
+    c = m.new_cache()
     assert m.n_ctx == 100_000
-    shape = m.transformer.cache.k.shape
+    shape = c.k.shape
     assert shape[2] == WINDOW  # [layers, kv_heads, slots, head_dim]
-    rows = [m.forward([t])[0] for t in ids]
-    assert m.transformer.cache.k.shape == shape and m.transformer.cache.v.shape == shape
-    assert m.pos == len(ids)
+    rows = [m.forward([t], c)[0] for t in ids]
+    assert c.k.shape == shape and c.v.shape == shape
+    assert c.pos == len(ids)
     logits = np.stack(rows)
     assert rel_err(logits[:, ref["cols"]], ref["logits_cols"]).max() <= REL_TOL
     assert rel_err(logits[-1], ref["logits_last"])[0] <= REL_TOL
     # one position back is recomputable; further back the buffer has lost what it needs
-    assert m.rewind(len(ids) - 1)
-    assert rel_err(m.forward(ids[-1:]), logits[-1:])[0] <= SAME_TOL
-    assert not m.rewind(len(ids) - 8)
-    assert m.pos == len(ids)
+    assert c.rewind(len(ids) - 1)
+    assert rel_err(m.forward(ids[-1:], c), logits[-1:])[0] <= SAME_TOL
+    assert not c.rewind(len(ids) - 8)
+    assert c.pos == len(ids)
     # still going long after the window: the greedy continuation matches too
     token = int(logits[-1].argmax())
     continuation = []
     for _ in range(len(ref["greedy_ids"])):
         continuation.append(token)
-        token = int(m.forward([token])[0].argmax())
+        token = int(m.forward([token], c)[0].argmax())
     assert continuation == ref["greedy_ids"].tolist()
 
 
 def test_context_full_without_window(converted, reference):
     ref = reference("llama")
     ids = ref["prompt_ids"]
-    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32)
-    assert m.transformer.cache.k.shape[2] == 32
-    first = np.concatenate([m.forward(ids[:20]), m.forward(ids[20:31]), m.forward(ids[31:32])])
-    assert m.pos == 32
+    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32, kv_type="f32")
+    c = m.new_cache()
+    assert c.k.shape[2] == 32
+    first = np.concatenate([m.forward(ids[:20], c), m.forward(ids[20:31], c), m.forward(ids[31:32], c)])
+    assert c.pos == 32
     with pytest.raises(cpuinfer.ContextFullError, match="context full"):
-        m.forward(ids[32:33])
-    assert m.pos == 32
-    m.reset()
+        m.forward(ids[32:33], c)
+    assert c.pos == 32
+    c.reset()
     with pytest.raises(cpuinfer.ContextFullError):
-        m.forward(ids[:33])  # too long in one call: refused before anything runs
-    assert m.pos == 0
-    again = m.forward(ids[:32])
+        m.forward(ids[:33], c)  # too long in one call: refused before anything runs
+    assert c.pos == 0
+    again = m.forward(ids[:32], c)
     assert rel_err(again, first).max() <= SAME_TOL
     assert rel_err(again[:, ref["cols"]], ref["logits_cols"][:32]).max() <= REL_TOL
     assert issubclass(cpuinfer.ContextFullError, cpuinfer.CpuinferError)
@@ -395,12 +363,13 @@ def snapshot(stats):
 def test_mixtral_decode_reads_exactly_the_two_chosen_experts(model, reference, mixtral_routing, expert_bytes):
     ids = reference("mixtral")["prompt_ids"]
     m = model("mixtral")
+    c = m.new_cache()
     stats = m.expert_stats
     assert stats is not None and stats.counts.shape == (2, 4)
-    m.forward(ids[:88])
+    m.forward(ids[:88], c)
     for pos in range(88, 96):
         counts0, bytes0, tokens0 = snapshot(stats)
-        m.forward(ids[pos:pos + 1])
+        m.forward(ids[pos:pos + 1], c)
         expected_counts = np.zeros_like(counts0)
         expected_bytes = 0
         for layer, choices in enumerate(mixtral_routing):
@@ -431,31 +400,32 @@ def expected_chunk(routing, expert_bytes, start, stop):
 def test_mixtral_prefill_reads_each_chosen_expert_once_per_chunk(model, reference, mixtral_routing, expert_bytes):
     ids = reference("mixtral")["prompt_ids"]
     m = model("mixtral")
+    c = m.new_cache()
     stats = m.expert_stats
     n_experts = len(expert_bytes[0])
     # a short chunk that leaves an expert unused in some layer, so "all experts" is told apart from "chosen"
     short = next((s, s + 3) for s in range(len(ids) - 3)
                  if any(len(set().union(*c[s:s + 3])) < n_experts for c in mixtral_routing))
-    cases = [(0, 5), (5, 6), short, (40, 40 + min(50, m.transformer.batch))]
+    cases = [(0, 5), (5, 6), short, (40, 40 + min(50, m.batch))]
     for start, stop in cases:
-        m.reset()
+        c.reset()
         if start:
-            m.forward(ids[:start])
+            m.forward(ids[:start], c)
         counts0, bytes0, tokens0 = snapshot(stats)
-        m.forward(ids[start:stop])
+        m.forward(ids[start:stop], c)
         counts, nbytes = expected_chunk(mixtral_routing, expert_bytes, start, stop)
         np.testing.assert_array_equal(stats.counts - counts0, counts, err_msg=f"chunk {start}:{stop}")
         assert stats.bytes_read - bytes0 == nbytes, (start, stop)
         assert stats.tokens - tokens0 == stop - start
     # the whole prompt in one call: forward splits it into chunks of the engine's batch size
-    m.reset()
+    c.reset()
     counts0, bytes0, tokens0 = snapshot(stats)
-    m.forward(ids)
-    batch = m.transformer.batch
+    m.forward(ids, c)
+    batch = m.batch
     want_counts, want_bytes = np.zeros_like(counts0), 0
     for s in range(0, len(ids), batch):
-        c, b = expected_chunk(mixtral_routing, expert_bytes, s, min(s + batch, len(ids)))
-        want_counts, want_bytes = want_counts + c, want_bytes + b
+        counts, nbytes = expected_chunk(mixtral_routing, expert_bytes, s, min(s + batch, len(ids)))
+        want_counts, want_bytes = want_counts + counts, want_bytes + nbytes
     np.testing.assert_array_equal(stats.counts - counts0, want_counts)
     assert stats.bytes_read - bytes0 == want_bytes
     assert stats.tokens - tokens0 == len(ids)
@@ -481,8 +451,8 @@ def test_smollm2_agrees_with_llamacpp(smollm2_models, exact, record_property):
     ref = np.load(REPO / "tests/fixtures/reference/smollm2_llamacpp_logits.npz")
     ids, top_ids, top_logits = ref["ids"], ref["top_ids"], ref["top_logits"]
     m = smollm2_models(exact)
-    m.reset()
-    logits = m.forward(ids)
+    c = m.new_cache()
+    logits = m.forward(ids, c)
     assert logits.shape == (len(ids), m.config.n_vocab)
     assert np.isfinite(logits).all()
     mine = logits.argmax(1)
@@ -520,8 +490,8 @@ def test_smollm2_matches_llamacpp_computing_in_float(smollm2_models, record_prop
     no 8-bit activations there, so the top-1 tokens agree at >= 99% of all 512 positions."""
     ref = np.load(REPO / "tests/fixtures/reference/smollm2_llamacpp_f32_logits.npz")
     m = smollm2_models(exact=True)
-    m.reset()
-    logits = m.forward(ref["ids"])
+    c = m.new_cache()
+    logits = m.forward(ref["ids"], c)
     agree = float((logits.argmax(1) == ref["top_ids"][:, 0]).mean())
     diff = np.abs(np.take_along_axis(logits, ref["top_ids"], 1) - ref["top_logits"])
     record_property("top1_vs_llamacpp_f32", agree)
@@ -572,9 +542,10 @@ RSS_SCRIPT = textwrap.dedent("""
     path = os.path.realpath(sys.argv[1])
     before = rss()
     model = cpuinfer.load(path)
+    cache = model.new_cache()
     after = rss()
     print(json.dumps({"before": before, "after": after, "file_size": os.path.getsize(path),
-                      "mapped_rss": mapped_rss(path), "kv_cache_bytes": model.transformer.cache.nbytes}))
+                      "mapped_rss": mapped_rss(path), "kv_cache_bytes": cache.nbytes}))
 """)
 
 
@@ -605,11 +576,61 @@ def test_thread_count_does_not_change_logits(smollm2, exact):
     ids = np.load(REPO / "tests/fixtures/reference/smollm2_llamacpp_logits.npz")["ids"][:40]
     results = {}
     for threads in (1, 2):
-        m = cpuinfer.load(smollm2, threads=threads, exact=exact)
+        m = cpuinfer.load(smollm2, threads=threads, kv_type="f32", exact=exact)
+        c = m.new_cache()
         assert m.threads <= threads
-        prefill = m.forward(ids[:37])  # batched path: worker threads + BLAS / the int8 gemm
-        decode = np.concatenate([m.forward(ids[i:i + 1]) for i in range(37, 40)])  # numba matvec kernels
+        prefill = m.forward(ids[:37], c)  # batched path: worker threads + BLAS / the int8 gemm
+        decode = np.concatenate([m.forward(ids[i:i + 1], c) for i in range(37, 40)])  # numba matvec kernels
         results[threads] = np.concatenate([prefill, decode])
     one, two = results[1], results[2]
     err = np.abs(one - two).max(axis=1) / np.abs(one).max(axis=1)
     assert err.max() <= SAME_TOL, (int(err.argmax()), float(err.max()))
+
+
+# --- 8: one model, many sequences ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["mistral", "mixtral"])
+def test_interleaved_conversations_keep_their_own_state(model, reference, kind):
+    """Two caches on one model, fed alternately, give exactly what each gives alone."""
+    ids = reference(kind)["prompt_ids"]
+    m = model(kind, "q8_0")
+    alone = m.forward(ids, m.new_cache())
+    a, b = m.new_cache(), m.new_cache()
+    got_a, got_b = [], []
+    for start in range(0, len(ids), 8):
+        got_a.append(m.forward(ids[start:start + 8], a))
+        got_b.append(m.forward(ids[b.pos:b.pos + 5], b))  # b lags behind a, at other positions
+    got_b.append(m.forward(ids[b.pos:], b))
+    assert a.pos == b.pos == len(ids)
+    assert rel_err(np.concatenate(got_a), alone).max() <= SAME_TOL
+    assert rel_err(np.concatenate(got_b), alone).max() <= SAME_TOL
+
+
+@pytest.mark.parametrize("kind", ["mistral", "mixtral", "llama"])
+def test_forward_batch_equals_one_sequence_at_a_time(model, reference, kind):
+    """A batched step over sequences at different positions (decode for a server) changes no logits."""
+    ids = reference(kind)["prompt_ids"]
+    m = model(kind, "f32")
+    prefixes = [40, 7, 23, 1]  # tokens already in each sequence's cache
+    caches = [m.new_cache() for _ in prefixes]
+    for cache, n in zip(caches, prefixes):
+        m.forward(ids[:n], cache)
+    steps = [ids[n:n + 1] for n in prefixes[:3]] + [ids[1:4]]  # three decodes and a 3-token chunk
+    got = m.forward_batch(list(zip(steps, caches)))
+    for cache, n, step, logits in zip(caches, prefixes, steps, got):
+        alone = m.forward(ids[:n + len(step)], m.new_cache())[-1]
+        assert cache.pos == n + len(step)
+        assert logits.shape == (m.config.n_vocab,)
+        assert rel_err(logits, alone)[0] <= SAME_TOL
+    with pytest.raises(cpuinfer.CpuinferError, match="same cache"):
+        m.forward_batch([([1], caches[0]), ([2], caches[0])])
+
+
+def test_a_call_leaves_the_callers_thread_setting_alone(smollm2):
+    import numba
+
+    m = cpuinfer.load(smollm2, threads=1)
+    before = numba.get_num_threads()
+    m.forward([1, 2, 3], m.new_cache())
+    m.forward([1], m.new_cache(), threads=2)
+    assert numba.get_num_threads() == before

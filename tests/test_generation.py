@@ -19,6 +19,12 @@ def model(smollm2):
     return cpuinfer.load(smollm2, n_ctx=512)
 
 
+@pytest.fixture
+def cache(model):
+    """An empty KV cache of its own for each test."""
+    return model.new_cache()
+
+
 # --- sampler ----------------------------------------------------------------------
 
 def test_greedy_is_argmax():
@@ -69,40 +75,36 @@ def test_stop_strings_hold_back_a_possible_start_and_cut_at_a_match():
 
 # --- generation -------------------------------------------------------------------
 
-def test_greedy_completion_and_timings(model):
-    model.reset()
+def test_greedy_completion_and_timings(model, cache):
     ids = model.tokenizer.encode("The capital of France is")
-    reply = Reply(model, ids, Sampler(GREEDY), max_tokens=8)
+    reply = Reply(model, cache, ids, Sampler(GREEDY), max_tokens=8)
     text = "".join(reply)
     assert text == reply.text and "Paris" in text
     t = reply.timings
     assert t.prompt_tokens == len(ids) and t.generated_tokens == 8 and t.stop_reason == "max tokens"
     assert t.prompt_tps > 0 and t.generation_tps > 0
-    assert model.pos == len(ids) + 7  # the last token is sampled but not fed
+    assert cache.pos == len(ids) + 7  # the last token is sampled but not fed
 
 
-def test_generation_stops_at_eos(model):
-    model.reset()
+def test_generation_stops_at_eos(model, cache):
     ids = model.tokenizer.apply_chat_template([{"role": "user", "content": "Say just: yes"}])
-    reply = Reply(model, ids, Sampler(GREEDY), max_tokens=64)
+    reply = Reply(model, cache, ids, Sampler(GREEDY), max_tokens=64)
     list(reply)
     assert reply.timings.stop_reason == "eos" and reply.ids[-1] in model.tokenizer.stop_ids
     assert "<|im_end|>" not in reply.text
 
 
-def test_stop_string_cuts_the_reply(model):
-    model.reset()
-    reply = Reply(model, model.tokenizer.encode("1, 2, 3, 4,"), Sampler(GREEDY), max_tokens=32, stop=[" 7"])
+def test_stop_string_cuts_the_reply(model, cache):
+    reply = Reply(model, cache, model.tokenizer.encode("1, 2, 3, 4,"), Sampler(GREEDY), max_tokens=32, stop=[" 7"])
     text = "".join(reply)
     assert reply.timings.stop_reason == "stop string" and text.rstrip().endswith("6,") and " 7" not in text
 
 
-def test_generate_api_yields_ids(model):
-    model.reset()
+def test_generate_api_yields_ids(model, cache):
     ids = model.tokenizer.encode("Once upon a time")
-    out = list(model.generate(ids, Sampler(SamplerSettings(seed=3)), max_tokens=5))
-    model.reset()
-    again = list(model.generate(ids, Sampler(SamplerSettings(seed=3)), max_tokens=5))
+    out = list(model.generate(ids, cache, Sampler(SamplerSettings(seed=3)), max_tokens=5))
+    cache.reset()
+    again = list(model.generate(ids, cache, Sampler(SamplerSettings(seed=3)), max_tokens=5))
     assert len(out) == 5 and out == again
 
 
@@ -112,12 +114,12 @@ def test_a_second_turn_prefills_only_its_new_tokens(model):
     s = ChatSession(model, settings=GREEDY, max_tokens=24)
     first = "".join(s.send("What is the capital of France?"))
     assert "Paris" in first
-    before = model.pos
+    before = s.cache.pos
     list(s.send("And of Italy?"))
     full = model.tokenizer.apply_chat_template(s.conversation()[:-1], add_generation_prompt=True)
     assert s.last.timings.prompt_tokens == len(full) - before
     # the cache holds exactly the conversation so far, token for token
-    assert s.cached == (full + s.last.ids)[:model.pos]
+    assert s.cached == (full + s.last.ids)[:s.cache.pos]
     rendered = model.tokenizer.apply_chat_template(s.conversation(), add_generation_prompt=False)
     assert rendered[:len(s.cached)] == s.cached
 
@@ -130,7 +132,7 @@ def test_an_interrupted_reply_keeps_the_session(model):
     stream.close()  # what Ctrl-C does to the generator: its cleanup runs
     assert s.messages[-1]["role"] == "assistant" and s.messages[-1]["content"]
     text = "".join(s.send("Thanks. Now just say hello."))
-    assert text and s.cached == (model.tokenizer.apply_chat_template(s.conversation()[:-1]) + s.last.ids)[:model.pos]
+    assert text and s.cached == (model.tokenizer.apply_chat_template(s.conversation()[:-1]) + s.last.ids)[:s.cache.pos]
 
 
 def test_interrupt_during_the_prompt_drops_the_turn(model):
@@ -144,7 +146,7 @@ def test_interrupt_during_the_prompt_drops_the_turn(model):
     with pytest.raises(KeyboardInterrupt):
         list(s.send("A question that gets interrupted", on_prefill=interrupt))
     assert s.messages == messages
-    assert s.cached == s.cached[:model.pos] and len(s.cached) == model.pos
+    assert s.cached == s.cached[:s.cache.pos] and len(s.cached) == s.cache.pos
     assert "".join(s.send("Say hi again"))
 
 

@@ -4,6 +4,7 @@ import typer
 
 from .bench_cmd import bench
 from .chat_cmd import chat
+from .embed_cmd import embed
 from .generate_cmd import generate
 from .info_cmd import info
 from .models_cmd import models, pull
@@ -12,5 +13,5 @@ from .quantize_cmd import quantize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CPU-first quantized LLM inference on GGUF files.")
-for command in (chat, generate, bench, perplexity, quantize, info, pull, models):
+for command in (chat, generate, embed, bench, perplexity, quantize, info, pull, models):
     app.command()(command)

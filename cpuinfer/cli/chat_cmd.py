@@ -37,6 +37,7 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
          repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
+         kv_type: Optional[str] = o.KV_TYPE,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
          exact: bool = o.EXACT,
@@ -44,7 +45,7 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
     with user_errors(debug):
-        m = load_model(model, ctx, threads, exact=exact)
+        m = load_model(model, ctx, threads, kv_type=kv_type, exact=exact)
         if template:
             m.tokenizer.use_chat_template(template)
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
@@ -94,7 +95,7 @@ class Repl:
         s = self.session
 
         def on_prefill(done: int, total: int) -> None:
-            if total > s.model.transformer.batch:
+            if total > s.model.batch:
                 self.console.print(f"[dim]reading the prompt: {done}/{total}[/]", end="\r")
 
         try:
@@ -114,7 +115,7 @@ class Repl:
         note = {"context full": " · [yellow]context full: /reset or /drop[/]", "max tokens": " · max tokens"}
         self.console.print(f"\n[dim]{t.generated_tokens} tokens, {t.generation_tps:.1f} t/s · prompt "
                            f"{t.prompt_tokens} tokens, {t.prompt_tps:.1f} t/s · context "
-                           f"{s.context_used()}/{s.model.n_ctx}{note.get(t.stop_reason, '')}[/]")
+                           f"{s.context_used()}/{s.cache.n_ctx}{note.get(t.stop_reason, '')}[/]")
 
     def command(self, line: str) -> str | None:
         s, out = self.session, self.console
@@ -156,13 +157,13 @@ class Repl:
 
     def stats(self) -> None:
         s = self.session
-        m = s.model
+        m, cache = s.model, s.cache
         t = s.last.timings if s.last else None
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        lines = [f"context: {s.context_used()} of {m.n_ctx} tokens"
-                 + (f" (rolling window of {m.transformer.cache.size})" if m.transformer.cache.sliding else ""),
+        lines = [f"context: {s.context_used()} of {cache.n_ctx} tokens"
+                 + (f" (rolling window of {cache.size})" if cache.sliding else ""),
                  f"messages: {len(s.messages)}",
-                 f"KV cache: {m.transformer.cache.nbytes / 1e6:.1f} MB; peak memory (RSS): {rss:.0f} MB",
+                 f"KV cache: {cache.nbytes / 1e6:.1f} MB; peak memory (RSS): {rss:.0f} MB",
                  f"sampling: {s.settings}"]
         if t:
             lines.append(f"last reply: {t.generated_tokens} tokens at {t.generation_tps:.1f} t/s; prompt "

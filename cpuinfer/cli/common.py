@@ -34,8 +34,8 @@ def user_errors(debug: bool = False) -> Iterator[None]:
 
 
 def model_path(model: str | None) -> Path:
-    """The GGUF to run: the given path, or the default model (fetched on first use)."""
-    if model is None:
+    """The GGUF to run: the given path, or (None or "default") the default model, fetched on first use."""
+    if model is None or model == "default":
         from ..default_model import pull
 
         return pull()
@@ -46,7 +46,7 @@ def model_path(model: str | None) -> Path:
 
 
 def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False,
-               exact: bool = False):
+               kv_type: str | None = None, exact: bool = False):
     """Load a model and run its kernels once, with a status line on stderr.
 
     The warm-up compiles the numba kernels on the very first run (~10 s; later
@@ -58,8 +58,8 @@ def load_model(model: str | None, n_ctx: int | None = None, threads: int | None 
     path = model_path(model)
     with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
             else contextlib.nullcontext():
-        m = load(path, n_ctx=n_ctx, threads=threads, exact=exact)
-        m.forward([0, 0, 0], all_logits=False)  # a prompt chunk (dequantize + BLAS path)
-        m.forward([0], all_logits=False)  # a decoded token (matvec kernels)
-        m.reset()
+        m = load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact)
+        cache = m.new_cache(4)
+        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (the batched kernels)
+        m.forward([0], cache, all_logits=False)  # a decoded token (matvec kernels)
         return m

@@ -25,14 +25,16 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
              temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
              repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
              seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-             exact: bool = o.EXACT, debug: bool = o.DEBUG) -> None:
+             kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
+             debug: bool = o.DEBUG) -> None:
     """Complete a prompt (raw, or with --chat as a user message) and stream the text."""
     with user_errors(debug):
         if prompt == "-":
             prompt = sys.stdin.read()
         if not prompt.strip():
             raise CpuinferError("empty prompt")
-        m = load_model(None if model == "default" else model, ctx, threads, quiet=as_json, exact=exact)
+        m = load_model(None if model == "default" else model, ctx, threads, quiet=as_json, kv_type=kv_type,
+                       exact=exact)
         tok = m.tokenizer
         if chat:
             if template:
@@ -42,12 +44,12 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
             ids = tok.apply_chat_template(messages, add_generation_prompt=True)
         else:
             ids = tok.encode(prompt, bos=tok.add_bos)
-        limit = m.context_limit
-        if limit is not None and len(ids) >= limit:
-            raise CpuinferError(f"the prompt has {len(ids)} tokens; the context holds {m.n_ctx} "
+        cache = m.new_cache()
+        if cache.limit is not None and len(ids) >= cache.limit:
+            raise CpuinferError(f"the prompt has {len(ids)} tokens; the context holds {cache.limit} "
                                 "(use --ctx to enlarge it)")
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        reply = Reply(m, ids, Sampler(settings), max_tokens=max_tokens, stop=stop)
+        reply = Reply(m, cache, ids, Sampler(settings), max_tokens=max_tokens, stop=stop)
         for delta in reply:
             if not as_json:
                 sys.stdout.write(delta)

@@ -21,7 +21,7 @@ def perplexity(model: str = typer.Argument(..., help="GGUF file ('default' for t
                stride: Optional[int] = typer.Option(None, "--stride", help="window step (default: --ctx)"),
                kl_base: Optional[str] = typer.Option(None, "--kl-base", help="a reference GGUF (e.g. F16): "
                                                      "also report KL divergence, ΔPPL and top-1 agreement"),
-               threads: Optional[int] = o.THREADS, exact: bool = o.EXACT,
+               threads: Optional[int] = o.THREADS, kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
                as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
                debug: bool = o.DEBUG) -> None:
     """Perplexity of a text file in windows of --ctx tokens, scoring each window's second half."""
@@ -31,8 +31,9 @@ def perplexity(model: str = typer.Argument(..., help="GGUF file ('default' for t
         except (OSError, UnicodeDecodeError) as e:
             raise CpuinferError(f"{text_file}: cannot read as UTF-8 text ({e})") from None
         m = load_model(None if model == "default" else model, n_ctx=ctx, threads=threads, quiet=as_json,
-                       exact=exact)
-        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json, exact=exact) if kl_base else None
+                       kv_type=kv_type, exact=exact)
+        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json, kv_type=kv_type,
+                          exact=exact) if kl_base else None
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err_console, disable=as_json) as bar:
             task = bar.add_task("perplexity", total=None)

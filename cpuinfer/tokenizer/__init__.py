@@ -31,6 +31,7 @@ def _numbers(md: dict[str, Any], key: str, default: np.ndarray, dtype) -> np.nda
 def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
     """The tokenizer a GGUF file describes (`tokenizer.ggml.*` keys), with its chat template."""
     tokenizer = _vocabulary(md)
+    tokenizer.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
     if not isinstance(md.get("tokenizer.chat_template", ""), str):
         raise GGUFError("tokenizer.chat_template is not a string")
     tokenizer.use_chat_template(None, md.get("tokenizer.chat_template"), str(md.get("general.name", "")))

@@ -26,6 +26,7 @@ class Tokenizer:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos = add_bos
+        self.add_eos = False  # embeddings append EOS when the file says so (tokenizer.ggml.add_eos_token)
         special = np.nonzero((types == CONTROL) | (types == USER_DEFINED))[0]
         self.special_ids = {self.tokens[i]: int(i) for i in special if self.tokens[i]}
         self._hidden = set(np.nonzero(types == CONTROL)[0].tolist())
