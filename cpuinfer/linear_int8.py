@@ -1,13 +1,13 @@
 """The integer path of `cpuinfer.linear.matmul`: int8 activations times the file's blocks.
 
-The activations are quantized once per product (q8_activations.py). One or
-two rows go through the parallel matvec kernels (matvec_int8.py); a batch is
-split into microtiles of rows across the workers (parallel.py), each packing
-its rows into its own scratch tile and multiplying every token of the batch
-with it (gemm_int8.py).
+One or two rows go through the parallel matvec kernels (matvec_int8.py),
+which quantize their activation row themselves. A batch is quantized once
+(q8_activations.py) and split into microtiles of rows across the workers
+(parallel.py), each packing its rows into its own scratch tile and
+multiplying every token of the batch with it (gemm_int8.py).
 
-A type has the integer path when it is in both tables; AVAILABLE is False on
-CPUs without AVX2 (int8_dot.ISA), where everything stays on the float path.
+A type has the integer path when it is in TYPES; AVAILABLE is False on CPUs
+without AVX2 (int8_dot.ISA), where everything stays on the float path.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from .parallel import Workers
 
 AVAILABLE = int8_dot.ISA is not None
 
-MATVEC = {QT.Q8_0: matvec_int8.matvec_int8_q8_0, QT.Q4_0: matvec_int8.matvec_int8_q4_0,
-          QT.Q4_1: matvec_int8.matvec_int8_q4_1}
-GEMM = {QT.Q8_0: gemm_int8.gemm_int8_q8_0, QT.Q4_0: gemm_int8.gemm_int8_q4_0, QT.Q4_1: gemm_int8.gemm_int8_q4_1}
-TYPES = frozenset(MATVEC) & frozenset(GEMM)
+KIND = {t: t.name.lower() for t in (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.IQ4_NL, QT.Q2_K, QT.Q3_K,
+                                    QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_XS)}
+MATVEC = {t: getattr(matvec_int8, f"matvec_int8_{k}") for t, k in KIND.items()}
+GEMM = {t: getattr(gemm_int8, f"gemm_int8_{k}") for t, k in KIND.items()}
+TYPES = frozenset(KIND)
 
 # Batches up to this many rows run as repeated matvecs.
 MATVEC_MAX_ROWS = 2
@@ -36,7 +37,7 @@ def quantized(x: np.ndarray, workers: Workers) -> tuple[np.ndarray, np.ndarray, 
     rows = gemm_int8.padded_tokens(T)
     xq = np.empty((rows, K), dtype=np.int8)
     xd = np.empty((rows, K // QK), dtype=np.float32)
-    xs = np.empty((rows, K // QK), dtype=np.float32)
+    xs = np.empty((rows, K // 16), dtype=np.float32)
     xq[T:], xd[T:], xs[T:] = 0, 0, 0
     workers.run(lambda _, start, stop: quantize_rows(x, start, stop, xq, xd, xs), T)
     return xq, xd, xs
@@ -53,7 +54,7 @@ def matmul_int8(w, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.ndarr
         return out
     xq, xd, xs = quantized(x, workers)
     kernel = GEMM[w.ggml_type]
-    need = gemm_int8.tile_bytes(w.cols)
+    need = gemm_int8.tile_bytes(w.cols, KIND[w.ggml_type])
     rows = gemm_int8.ROWS
 
     def microtiles(scratch: np.ndarray, start: int, stop: int) -> None:

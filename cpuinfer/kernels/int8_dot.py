@@ -1,30 +1,32 @@
-"""Integer dot products for the int8 kernels: SIMD vectors in numba, and the instructions that multiply them.
+"""The SIMD building blocks of the integer kernels, emitted as LLVM IR, and the instructions they use.
 
 numba widens integer arithmetic to 64 bits, so an int8 dot product written as
-a loop stays scalar. These intrinsics hand LLVM vector values directly: a
-kernel holds `int8x32` / `int32x8` / `float32x8` values in local variables and
-combines them with the functions below; LLVM keeps them in registers.
-
-The one instruction that matters, u8 x s8 -> int32 in groups of four, is
-chosen by the instruction set numba compiles for (`ISA`), the host's unless
-NUMBA_CPU_NAME/NUMBA_CPU_FEATURES say otherwise (numba's cache is keyed by
-them too):
-- "avx512vnni": vpdpbusd on 512-bit registers (and 256-bit ones),
-- "avxvnni": vpdpbusd on 256-bit registers (AVX-VNNI, or AVX-512 VNNI without BW),
+a loop stays scalar. The integer kernels are therefore numba loops around
+small intrinsics whose bodies are straight-line LLVM vector IR built from the
+helpers here: block types decode their bytes with them (int8_blocks.py,
+int8_kquants.py), the kernels multiply with them (matvec_int8.py,
+gemm_int8.py). Generic IR (and, shifts, shuffles, conversions) is left to
+LLVM, which splits 512-bit values into 256-bit ones on CPUs without AVX-512;
+the products are explicit x86 intrinsics, chosen by the instruction set numba
+compiles for (`ISA`), the host's unless NUMBA_CPU_NAME/NUMBA_CPU_FEATURES say
+otherwise (numba's cache is keyed by them too):
+- "avx512vnni": vpdpbusd / vpdpwssd on 512-bit registers (AVX-512 BW, VL, VNNI),
+- "avxvnni": the same on 256-bit registers (AVX-VNNI, or AVX-512 VNNI without BW),
 - "avx2": vpmaddubsw + vpmaddwd,
 - None: no integer path; the float kernels run instead (cpuinfer.linear).
-Explicit x86 intrinsics rather than portable IR: LLVM 22 turns a full
-reduce.add(mul(zext, sext)) into vpdpbusd, but neither the four-lane partial
-sums the kernels accumulate (it emits vpmovzxbd + vpmaddwd, 2x the
-instructions) nor, on AVX2, vpmaddubsw; and an explicit intrinsic cannot
-silently fall back to scalar code.
+Explicit intrinsics rather than portable IR: LLVM 22 turns a full
+reduce.add(mul(zext, sext)) into vpdpbusd, but not the four-lane partial sums
+the kernels accumulate (it emits vpmovzxbd + vpmaddwd, 2x the instructions),
+nor, on AVX2, vpmaddubsw; and an explicit intrinsic cannot silently fall back
+to scalar code.
 
-Exactness contract of `dot_u8s8(acc, u, x, wide)`: it returns acc + the exact
-sum of u[j] * x[j] over each group of four bytes, for u in 0..255 and x in
+Exactness contract of `emit_dot(acc, u, x, wide)`: acc + the exact sum of
+u[j] * x[j] over each group of four bytes, for u in 0..255 and x in
 -127..127. vpmaddubsw saturates its 16-bit pair sums, which only u > 127 can
 reach: a caller whose u may exceed 127 passes wide=True, and on AVX2 the
-product is then computed as |u-128| * sign(x, u-128) + 128 * x (ggml's
-sign trick), which never saturates.
+product is then computed as |u-128| * sign(x, u-128) + 128 * x (ggml's sign
+trick), which never saturates. `emit_pair_sums` is vpmaddubsw itself, for
+u <= 127.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import llvmlite.binding as ll
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
-from numba.extending import intrinsic, models, register_model
+from numba.extending import models, register_model
 
 
 def compile_features() -> frozenset[str]:
@@ -54,6 +56,7 @@ def choose_isa(features: frozenset[str]) -> str | None:
 
 
 ISA = choose_isa(compile_features())
+WIDEST = 64 if ISA == "avx512vnni" else 32  # bytes in the widest register the products use
 
 
 class Vector(types.Type):
@@ -71,22 +74,51 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.count))
 
 
-int8x32 = Vector(types.int8, 32)
-int32x8 = Vector(types.int32, 8)
-float32x8 = Vector(types.float32, 8)
-
-I8, I16, I32, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+I1, I8, I16, I32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32)
+F16, F32 = ir.HalfType(), ir.FloatType()
 FAST = ("fast",)
 
 
+# --- IR helpers ----------------------------------------------------------------------------
+
 def vec(element: ir.Type, n: int) -> ir.VectorType:
     return ir.VectorType(element, n)
+
+
+def const(element: ir.Type, values) -> ir.Constant:
+    """A vector constant."""
+    values = list(values)
+    return ir.Constant(vec(element, len(values)), values)
 
 
 def splat(builder, value, n: int):
     """<n x value>."""
     v = builder.insert_element(ir.Constant(vec(value.type, n), None), value, ir.Constant(I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(vec(I32, n), [0] * n))
+
+
+def shuffle(builder, a, b, indices):
+    """Elements of a (0 .. n-1) and b (n .. 2n-1) picked by `indices`; b may be None (then b = a)."""
+    return builder.shuffle_vector(a, a if b is None else b, const(I32, indices))
+
+
+def concat(builder, parts: list):
+    """The vectors of `parts` (all of one type; a power of two of them) end to end."""
+    while len(parts) > 1:
+        n = parts[0].type.count
+        parts = [shuffle(builder, parts[i], parts[i + 1], range(2 * n)) for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def part(builder, v, start: int, n: int):
+    """v[start:start + n]."""
+    return shuffle(builder, v, None, range(start, start + n))
+
+
+def widen(builder, v, n: int):
+    """v followed by zeros, to n elements."""
+    zero = ir.Constant(v.type, None)
+    return shuffle(builder, v, zero, list(range(v.type.count)) + [v.type.count] * (n - v.type.count))
 
 
 def call(builder, name: str, ret: ir.Type, args: list, fastmath=()):
@@ -102,157 +134,114 @@ def pointer(context, builder, array_type, array, indices, element: ir.Type):
     return builder.bitcast(ptr, element.as_pointer())
 
 
+def load(builder, p, offset: int, t: ir.Type):
+    """The value of type t at byte p + offset (p an i8*), unaligned."""
+    q = builder.gep(p, [ir.Constant(I32, offset)]) if offset else p
+    return builder.load(builder.bitcast(q, t.as_pointer()), align=1)
+
+
 def is_contiguous(array) -> bool:
     return isinstance(array, types.Array) and array.layout == "C"
 
 
-# --- the dot product: vectors of bytes, int32 lanes -------------------------------------------
-
-def _half(builder, v, which: int):
-    """The lower (0) or upper (1) half of an LLVM vector."""
-    n = v.type.count // 2
-    return builder.shuffle_vector(v, v, ir.Constant(vec(I32, n), list(range(which * n, (which + 1) * n))))
+def hsum(builder, v):
+    """The sum of a float vector's elements (in any order)."""
+    return call(builder, f"llvm.vector.reduce.fadd.v{v.type.count}f32", F32, [ir.Constant(F32, -0.0), v],
+                fastmath=("reassoc",))
 
 
-def _concat(builder, lo, hi):
-    n = lo.type.count
-    return builder.shuffle_vector(lo, hi, ir.Constant(vec(I32, 2 * n), list(range(2 * n))))
+# --- byte unpacking ----------------------------------------------------------------------
+
+def nibbles(builder, raw):
+    """<16n x i8> of n runs of 16 packed bytes -> <32n x i8> of values 0..15: per run, the low
+    nibbles, then the high ones (ggml's order: value j in the low nibble of byte j, j+16 in the high)."""
+    n = raw.type.count
+    lo = builder.and_(raw, const(I8, [15] * n))
+    hi = builder.lshr(raw, const(I8, [4] * n))
+    order = []
+    for run in range(0, n, 16):
+        order += list(range(run, run + 16)) + list(range(n + run, n + run + 16))
+    return shuffle(builder, lo, hi, order)
+
+
+def bits_to_bytes(builder, word, value: int):
+    """An i32 (or i64) word -> <32 (64) x i8>: `value` where bit j of the word is set, else 0."""
+    n = word.type.width
+    mask = builder.bitcast(word, vec(I1, n))
+    return builder.select(mask, const(I8, [value] * n), ir.Constant(vec(I8, n), None))
+
+
+def lookup(builder, table: list[int], index):
+    """table[index] per byte, for a 16-entry byte table and index <n x i8> in 0..15 (vpshufb)."""
+    n = index.type.count
+    width = min(n, WIDEST)
+    name = "llvm.x86.avx512.pshuf.b.512" if width == 64 else "llvm.x86.avx2.pshuf.b"
+    lut = const(I8, [t - 256 if t > 127 else t for t in table] * (width // 16))
+    out = [call(builder, name, vec(I8, width), [lut, part(builder, index, s, width)]) for s in range(0, n, width)]
+    return concat(builder, out)
+
+
+# --- integer products ----------------------------------------------------------------------
+
+def _pieces(builder, v, width: int):
+    return [part(builder, v, s, width) for s in range(0, v.type.count, width)]
 
 
 def _maddubs(builder, u, x):
-    """AVX2: 8 int32 lanes of sums of four u8 x s8 products (pair sums must not saturate)."""
-    pairs = call(builder, "llvm.x86.avx2.pmadd.ub.sw", vec(I16, 16), [u, x])
-    return call(builder, "llvm.x86.avx2.pmadd.wd", vec(I32, 8), [pairs, ir.Constant(vec(I16, 16), [1] * 16)])
+    """vpmaddubsw at u's width (32 or 64 bytes): 16-bit sums of pairs of u8 x s8 products."""
+    n = u.type.count
+    name = "llvm.x86.avx512.pmaddubs.w.512" if n == 64 else "llvm.x86.avx2.pmadd.ub.sw"
+    return call(builder, name, vec(I16, n // 2), [u, x])
+
+
+def _pmaddwd(builder, a, b):
+    n = a.type.count
+    name = "llvm.x86.avx512.pmaddw.d.512" if n == 32 else "llvm.x86.avx2.pmadd.wd"
+    return call(builder, name, vec(I32, n // 2), [a, b])
+
+
+def emit_pair_sums(builder, u, x):
+    """<n x i8> u (0..127), x -> <n/2 x i16> of u[2i]*x[2i] + u[2i+1]*x[2i+1] (vpmaddubsw)."""
+    width = min(u.type.count, WIDEST)
+    return concat(builder, [_maddubs(builder, a, b) for a, b in zip(_pieces(builder, u, width),
+                                                                    _pieces(builder, x, width))])
+
+
+def emit_madd16(builder, acc, a, s):
+    """acc + sums of pairs a[2i]*s[2i] + a[2i+1]*s[2i+1]: <n x i16> a, s, <n/2 x i32> acc (vpdpwssd)."""
+    width = min(a.type.count, WIDEST // 2)
+    out = []
+    for c, x, y in zip(_pieces(builder, acc, width // 2), _pieces(builder, a, width), _pieces(builder, s, width)):
+        if ISA in ("avx512vnni", "avxvnni"):
+            out.append(call(builder, f"llvm.x86.avx512.vpdpwssd.{16 * width}", c.type,
+                            [c, builder.bitcast(x, c.type), builder.bitcast(y, c.type)]))
+        else:
+            out.append(builder.add(c, _pmaddwd(builder, x, y)))
+    return concat(builder, out)
 
 
 def emit_dot(builder, acc, u, x, wide: bool):
-    """IR for acc + sums of four u[j] * x[j] (u unsigned, x signed bytes); see the module docstring.
+    """acc + sums of four u[j] * x[j]: <n x i8> u (unsigned), x (signed), <n/4 x i32> acc; see the
+    module docstring for `wide`."""
+    width = min(u.type.count, WIDEST)
+    out = []
+    for c, a, b in zip(_pieces(builder, acc, width // 4), _pieces(builder, u, width), _pieces(builder, x, width)):
+        out.append(_dot(builder, c, a, b, wide))
+    return concat(builder, out)
 
-    acc is <n/4 x i32>, u and x <n x i8> for n = 32 or 64; 64 bytes are split in two
-    256-bit halves where the ISA has no 512-bit instruction.
-    """
-    if ISA == "avx512vnni" and u.type.count == 64:
-        return call(builder, "llvm.x86.avx512.vpdpbusd.512", vec(I32, 16),
-                    [acc, builder.bitcast(u, vec(I32, 16)), builder.bitcast(x, vec(I32, 16))])
-    if u.type.count > 32:
-        halves = [emit_dot(builder, _half(builder, acc, i), _half(builder, u, i), _half(builder, x, i), wide)
-                  for i in (0, 1)]
-        return _concat(builder, *halves)
+
+def _dot(builder, acc, u, x, wide: bool):
     if ISA in ("avx512vnni", "avxvnni"):
-        return call(builder, "llvm.x86.avx512.vpdpbusd.256", vec(I32, 8),
-                    [acc, builder.bitcast(u, vec(I32, 8)), builder.bitcast(x, vec(I32, 8))])
+        bits = 8 * u.type.count
+        return call(builder, f"llvm.x86.avx512.vpdpbusd.{bits}", acc.type,
+                    [acc, builder.bitcast(u, acc.type), builder.bitcast(x, acc.type)])
     if ISA != "avx2":
         raise TypeError(f"no integer dot-product instructions on this CPU target (ISA {ISA})")
+    ones = const(I16, [1] * 16)
     if not wide:
-        return builder.add(acc, _maddubs(builder, u, x))
-    s = builder.xor(u, ir.Constant(vec(I8, 32), [-128] * 32))  # u - 128, as signed bytes
-    magnitude = call(builder, "llvm.abs.v32i8", vec(I8, 32), [s, ir.Constant(ir.IntType(1), 0)])
+        return builder.add(acc, _pmaddwd(builder, _maddubs(builder, u, x), ones))
+    s = builder.xor(u, const(I8, [-128] * 32))  # u - 128, as signed bytes
+    magnitude = call(builder, "llvm.abs.v32i8", vec(I8, 32), [s, ir.Constant(I1, 0)])
     signed_x = call(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, s])
-    offset = _maddubs(builder, ir.Constant(vec(I8, 32), [-128] * 32), x)  # 128 * x, summed in fours
-    return builder.add(acc, builder.add(_maddubs(builder, magnitude, signed_x), offset))
-
-
-@intrinsic
-def dot_u8s8(typingctx, acc, u, x, wide):
-    """acc + per group of four bytes the sum of u[j] * x[j]: u unsigned, x in -127..127 (int32x8);
-    `wide` (a literal bool) must be True when u may exceed 127."""
-    if not (acc == int32x8 and u == int8x32 and x == int8x32 and isinstance(wide, types.BooleanLiteral)):
-        return None
-    is_wide = wide.literal_value
-
-    def codegen(context, builder, signature, args):
-        return emit_dot(builder, args[0], args[1], args[2], is_wide)
-
-    return int32x8(acc, u, x, wide), codegen
-
-
-# --- loads and the nibble unpack ---------------------------------------------------------
-
-@intrinsic
-def load_bytes(typingctx, array, row, col):
-    """The 32 bytes array[row, col:col+32] of a C-contiguous 2-D uint8/int8 array, as int8x32."""
-    if not (is_contiguous(array) and array.ndim == 2 and array.dtype in (types.uint8, types.int8)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = pointer(context, builder, signature.args[0], args[0], args[1:], vec(I8, 32))
-        return builder.load(ptr, align=1)
-
-    return int8x32(array, row, col), codegen
-
-
-@intrinsic
-def load_nibbles(typingctx, array, row, col):
-    """The 16 bytes at array[row, col:col+16] as 32 values 0..15: the low nibbles, then the high ones
-    (ggml's Q4 order: element j in the low nibble of byte j, element j+16 in its high nibble)."""
-    if not (is_contiguous(array) and array.ndim == 2 and array.dtype == types.uint8):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = builder.load(pointer(context, builder, signature.args[0], args[0], args[1:], vec(I8, 16)), align=1)
-        lo = builder.and_(v, ir.Constant(vec(I8, 16), [15] * 16))
-        hi = builder.lshr(v, ir.Constant(vec(I8, 16), [4] * 16))
-        return builder.shuffle_vector(lo, hi, ir.Constant(vec(I32, 32), list(range(32))))
-
-    return int8x32(array, row, col), codegen
-
-
-@intrinsic
-def flip_sign_bits(typingctx, v):
-    """v xor 0x80 per byte: signed bytes q as the unsigned bytes q + 128."""
-    if v != int8x32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.xor(args[0], ir.Constant(vec(I8, 32), [-128] * 32))
-
-    return int8x32(v), codegen
-
-
-# --- float accumulation ------------------------------------------------------------------
-
-@intrinsic
-def zeros_int32x8(typingctx):
-    """int32x8 of zeros."""
-    def codegen(context, builder, signature, args):
-        return ir.Constant(vec(I32, 8), [0] * 8)
-
-    return int32x8(), codegen
-
-
-@intrinsic
-def zeros_float32x8(typingctx):
-    """float32x8 of zeros."""
-    def codegen(context, builder, signature, args):
-        return ir.Constant(vec(F32, 8), [0.0] * 8)
-
-    return float32x8(), codegen
-
-
-@intrinsic
-def add_scaled(typingctx, acc, dots, scale):
-    """acc + float(dots) * scale, lane by lane (float32x8)."""
-    if not (acc == float32x8 and dots == int32x8 and isinstance(scale, types.Float)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc, dots, scale = args
-        if scale.type != F32:
-            scale = builder.fptrunc(scale, F32)
-        products = builder.fmul(builder.sitofp(dots, vec(F32, 8)), splat(builder, scale, 8), flags=FAST)
-        return builder.fadd(acc, products, flags=FAST)
-
-    return float32x8(acc, dots, scale), codegen
-
-
-@intrinsic
-def lane_sum(typingctx, v):
-    """The sum of the 8 lanes of a float32x8 (in any order)."""
-    if v != float32x8:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return call(builder, "llvm.vector.reduce.fadd.v8f32", F32, [ir.Constant(F32, -0.0), args[0]],
-                    fastmath=("reassoc",))
-
-    return types.float32(v), codegen
+    offset = _pmaddwd(builder, _maddubs(builder, const(I8, [-128] * 32), x), ones)  # 128 * x, in fours
+    return builder.add(acc, builder.add(_pmaddwd(builder, _maddubs(builder, magnitude, signed_x), ones), offset))
