@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from . import bus_error
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
@@ -43,12 +44,13 @@ class Model:
         embd = self.file.tensors.get("token_embd.weight")
         if embd is None or len(embd.shape) != 2:
             raise GGUFError(f"{self.path}: no 2-D token_embd.weight tensor")
-        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0])
+        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0], tensor_names=self.file.tensors)
         self.tokenizer: Tokenizer = from_gguf_metadata(md)
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
         self.weights = load_weights(self.file, self.config, int8=not exact)
+        bus_error.install()  # the kernels read the mapping from here on
         self.transformer = Transformer(self.config, self.weights)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())

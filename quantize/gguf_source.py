@@ -20,6 +20,7 @@ from gguf.constants import GGMLQuantizationType as QT
 from gguf.constants import GGUFValueType as VT
 from gguf.quants import dequantize
 
+from cpuinfer import bus_error, metadata
 from cpuinfer.errors import CpuinferError, GGUFError
 from cpuinfer.gguf_file import GGUFFile, TensorInfo
 from cpuinfer.linear import SUPPORTED_TYPES, dequantize_rows, linear_views
@@ -36,7 +37,12 @@ def open_gguf(path: Path) -> Source:
         g = GGUFFile(path)
     except GGUFError as e:
         raise CpuinferError(str(e)) from None
-    source = Source(f"GGUF file {path} ({g.architecture or 'unknown architecture'})")
+    try:
+        arch = metadata.text(g.metadata, "general.architecture")  # the writer needs it
+    except GGUFError as e:
+        raise CpuinferError(f"{path}: {e}") from None
+    bus_error.install()  # the tensors are read from the mapping
+    source = Source(f"GGUF file {path} ({arch})")
     for key, value in g.metadata.items():
         if key.startswith(_FILE_KEYS):
             continue

@@ -519,7 +519,7 @@ def test_int8_perplexity_within_half_a_percent_of_exact(smollm2_models, record_p
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    import cpuinfer
+    import cpuinfer.model  # numba and the kernels: importing them is not what load() costs
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -8,9 +8,12 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..bench import add_bandwidth_share, bench_decode, bench_prompt, memory_bandwidth, peak_rss_mb
+from ..errors import one_line
+from ..numbers import checked
 from ..threads import physical_cores
 from . import options as o
 from .common import err_console, load_model, user_errors
@@ -26,7 +29,10 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           debug: bool = o.DEBUG) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
     with user_errors(debug):
-        thread_counts = threads or [physical_cores()]
+        for n in prompt + gen:
+            checked(n, "-p/-n (prompt and generated lengths)", integer=True, lo=0)
+        checked(reps, "-r/--reps", integer=True, lo=1)
+        thread_counts = [checked(t, "-t/--threads", integer=True, lo=1) for t in threads] or [physical_cores()]
         longest = max(prompt + gen + [1])
         m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
                        kv_type=kv_type, exact=exact)
@@ -46,7 +52,8 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         if as_json:
             print(json.dumps({**info, "results": [r.as_dict() for r in rows]}, indent=1))
             return
-        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=f"{m.config.name or m.path} · {m.kernels}")
+        table = Table("test", "threads", "t/s", "warm-up s", "notes",
+                      title=f"{escape(one_line(m.config.name or m.path))} · {m.kernels}")
         for r in rows:
             notes = []
             if "time_to_first_token_s" in r.extra:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Iterator
@@ -12,25 +14,35 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import CpuinferError
+from ..errors import CpuinferError, one_line
+from ..interrupts import Terminated
+from ..main import quiet_exit
 
 err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
 def user_errors(debug: bool = False) -> Iterator[None]:
-    """Print a CpuinferError as one line and exit 2 (the traceback too with --debug); Ctrl-C exits 130."""
+    """Print a CpuinferError as one line and exit 2 (the traceback too with --debug); Ctrl-C exits 130,
+    SIGTERM/SIGHUP while a file is written 128 + the signal's number."""
+    if signal.getsignal(signal.SIGINT) is quiet_exit and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over: Ctrl-C may now clean up
     try:
         yield
     except CpuinferError as e:
         if debug:
             traceback.print_exc()
-        # escape: a path like "a[/b]" is not markup; soft_wrap: one line even past 80 columns (pipes, logs)
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
+        # escape: a path like "a[/b]" is not markup; one_line and soft_wrap: one line whatever the message
+        # holds and however long it is (pipes, logs)
+        err_console.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, markup=True,
+                          soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+    except Terminated as e:
+        err_console.print(f"stopped by {e}")
+        raise typer.Exit(128 + e.signum) from None
 
 
 def model_path(model: str | None) -> Path:
