@@ -104,11 +104,13 @@ def test_matvec_int8(qtype, make):
     for rows in (1, 3, 5, 33):
         for k in lengths:
             w = make(qtype, rows, k, rng)
-            x = activations(rng, (1, k))
-            out = np.full(rows, np.nan, dtype=np.float32)
-            kernel(w, x[0], out)
-            ref, scale = reference(dense(qtype, w), x, matvec_rounding(qtype))
-            assert_close_to_scale(out, ref[0], scale[0])
+            for tokens in (1, 3):
+                x = activations(rng, (tokens, k))
+                out = np.full((tokens, rows), np.nan, dtype=np.float32)
+                kernel(w, x, out)
+                ref, scale = reference(dense(qtype, w), x, matvec_rounding(qtype))
+                for t in range(tokens):
+                    assert_close_to_scale(out[t], ref[t], scale[t])
 
 
 @pytest.mark.parametrize("make", [weights, extreme_weights], ids=["random", "extreme"])

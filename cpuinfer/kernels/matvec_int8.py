@@ -1,8 +1,10 @@
-"""Matrix-vector products on the integer path: out[r] = dot(W[r], x) with x quantized to int8.
+"""Matrix-vector products on the integer path: out[t, r] = dot(W[r], x[t]) with x quantized to int8, for
+one token or a few (a decode step of several sequences).
 
 x is quantized once per call (q8_activations.py); then, in parallel over
-groups of four rows sharing every activation load, one of two steps runs over
-the row, the type's decoding (int8_blocks.py, int8_kquants.py) inlined:
+groups of four rows sharing every activation load, each token in turn (the
+group's bytes, 9-32 KiB, are read from memory once and from L1 for the other
+tokens), one of two steps runs over the row, the type's decoding (int8_blocks.py, int8_kquants.py) inlined:
 - 32-value block types, two blocks per step: u of both blocks in one 512-bit
   register, one int8 dot product (int8_dot.emit_dot) into 16 int32 lanes,
   converted to float and scaled per block by d_w * d_x, plus m * s_x;
@@ -184,41 +186,45 @@ def _rows_of_superblocks(w, r, xq, xd, xb, out, kind, nrows, block_bytes):
 
 @njit(inline="always")
 def _matvec_blocks(w, x, out, kind, block_bytes):
-    k = x.shape[0]
-    xq = np.empty((1, k), dtype=np.int8)
-    xd = np.empty((1, k // QK), dtype=np.float32)
-    xs = np.empty((1, k // 16), dtype=np.float32)
-    quantize_rows(x.reshape(1, k), 0, 1, xq, xd, xs)
+    tokens, k = x.shape
+    xq = np.empty((tokens, k), dtype=np.int8)
+    xd = np.empty((tokens, k // QK), dtype=np.float32)
+    xs = np.empty((tokens, k // 16), dtype=np.float32)
+    quantize_rows(x, 0, tokens, xq, xd, xs)
     rows = w.shape[0]
     for g in prange((rows + 3) // 4):
         r = g * 4
-        if r + 4 <= rows:
-            _rows_of_blocks(w, r, xq, xd, xs, out, kind, 4, block_bytes)
-        else:
-            for t in range(r, rows):
-                _rows_of_blocks(w, t, xq, xd, xs, out, kind, 1, block_bytes)
+        for t in range(tokens):  # the group's bytes come from L1 for every token after the first
+            if r + 4 <= rows:
+                _rows_of_blocks(w, r, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1], out[t], kind, 4, block_bytes)
+            else:
+                for i in range(r, rows):
+                    _rows_of_blocks(w, i, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1], out[t], kind, 1, block_bytes)
 
 
 @njit(inline="always")
 def _matvec_superblocks(w, x, out, kind, block_bytes):
-    k = x.shape[0]
-    xq = np.empty((1, k), dtype=np.int8)
-    xd = np.empty((1, k // QK_K), dtype=np.float32)
-    xb = np.empty((1, k // 16), dtype=np.int16)
-    quantize_rows_k(x.reshape(1, k), 0, 1, xq, xd, xb)
+    tokens, k = x.shape
+    xq = np.empty((tokens, k), dtype=np.int8)
+    xd = np.empty((tokens, k // QK_K), dtype=np.float32)
+    xb = np.empty((tokens, k // 16), dtype=np.int16)
+    quantize_rows_k(x, 0, tokens, xq, xd, xb)
     rows = w.shape[0]
     for g in prange((rows + 3) // 4):
         r = g * 4
-        if r + 4 <= rows:
-            _rows_of_superblocks(w, r, xq, xd, xb, out, kind, 4, block_bytes)
-        else:
-            for t in range(r, rows):
-                _rows_of_superblocks(w, t, xq, xd, xb, out, kind, 1, block_bytes)
+        for t in range(tokens):
+            if r + 4 <= rows:
+                _rows_of_superblocks(w, r, xq[t:t + 1], xd[t:t + 1], xb[t:t + 1], out[t], kind, 4, block_bytes)
+            else:
+                for i in range(r, rows):
+                    _rows_of_superblocks(w, i, xq[t:t + 1], xd[t:t + 1], xb[t:t + 1], out[t], kind, 1,
+                                         block_bytes)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_int8_q8_0(w, x, out):
-    """out = dequant(w) @ x for Q8_0 rows, x quantized to int8 (see the module docstring)."""
+    """out[t] = dequant(w) @ x[t] for Q8_0 rows and each of a few tokens t, x [T, K] quantized to int8 (see the
+    module docstring); out is [T, rows]."""
     _matvec_blocks(w, x, out, "q8_0", 34)
 
 
@@ -254,7 +260,8 @@ def matvec_int8_iq4_nl(w, x, out):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_int8_q2_k(w, x, out):
-    """out = dequant(w) @ x for Q2_K rows, x quantized to int8 per 256 values (see the module docstring)."""
+    """out[t] = dequant(w) @ x[t] for Q2_K rows, x [T, K] quantized to int8 per 256 values (see the module
+    docstring); out is [T, rows]."""
     _matvec_superblocks(w, x, out, "q2_k", 84)
 
 
