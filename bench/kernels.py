@@ -19,13 +19,15 @@ from gguf.constants import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 from threadpoolctl import threadpool_limits
 
+from bench.synthetic import random_blocks
 from cpuinfer.bench import memory_bandwidth
 from cpuinfer.linear import Linear, matmul
 from cpuinfer.parallel import Workers
 from cpuinfer.threads import clamp_threads, threads_for_call
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (32000, 4096)]  # (rows, cols): wq, w1/w3, w2, output
-TYPES = {"Q8_0": QT.Q8_0, "Q4_0": QT.Q4_0, "Q4_1": QT.Q4_1, "F16": QT.F16, "F32": QT.F32}
+TYPES = {t.name: t for t in (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K,
+                             QT.Q6_K, QT.IQ4_NL, QT.IQ4_XS, QT.F16, QT.BF16, QT.F32)}
 BATCH = 64
 
 
@@ -40,13 +42,13 @@ def best_time(fn, reps: int) -> float:
 
 
 def weight(qtype: int, rows: int, cols: int, rng) -> Linear:
-    dense = rng.standard_normal((rows, cols), dtype=np.float32)
-    if qtype == QT.F32:
-        data = dense
-    elif qtype == QT.F16:
-        data = dense.astype(np.float16).view(np.uint16)
+    """Random weights: float rows, or ggml blocks of random codes and scales (bench/synthetic.py)."""
+    if qtype in (QT.F32, QT.F16, QT.BF16):
+        dense = rng.standard_normal((rows, cols), dtype=np.float32)
+        data = dense if qtype == QT.F32 else dense.astype(np.float16).view(np.uint16) if qtype == QT.F16 \
+            else quantize(dense, QT.BF16).view(np.uint16)
     else:
-        data = quantize(dense, qtype)
+        data = random_blocks(rng, qtype, rows, cols)
     return Linear("bench", qtype, rows, cols, data)
 
 

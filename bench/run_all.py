@@ -1,10 +1,10 @@
 """`make bench`: the whole suite, results to bench/results/.
 
 1. kernels.py  — every kernel at Mistral-7B shapes vs the bandwidth roofline and numpy BLAS
-2. quality.py  — perplexity of F16/Q8_0/Q4_1/Q4_0 of the default model (and the files for 3)
+2. quality.py  — perplexity of F16/Q8_0/Q6_K/Q4_1/Q4_K_M/Q4_0 of the default model (and the files for 3)
 3. compare.py  — those files through cpuinfer, llama.cpp and torch, 1 and 2 threads
-4. with --full — synthetic full-size Mistral-7B (Q4_0, Q8_0) and Mixtral-8x7B (Q4_0) files,
-                 written by synthetic.py, through cpuinfer and llama.cpp (needs ~35 GB of disk)
+4. with --full — synthetic full-size Mistral-7B (Q4_0, Q8_0, Q4_K_M) and Mixtral-8x7B (Q4_0) files,
+                 written by synthetic.py, through cpuinfer and llama.cpp (needs ~40 GB of disk)
 5. plot.py     — speed.png and quality.png (in the bench virtualenv, which has matplotlib)
 
     python -m bench.run_all [--full] [--threads 1 2]
@@ -38,15 +38,16 @@ def main() -> None:
 
     print("== compare (default model)")
     files = quality.variants()
-    rows = compare.compare([files[t] for t in ("Q4_1", "Q8_0", "Q4_0", "F16")], args.threads, p=512, n=128,
-                           reps=3, engines=list(compare.RUNNERS))
+    rows = compare.compare([files[t] for t in ("Q4_1", "Q8_0", "Q4_0", "F16", "Q4_K_M", "Q6_K") if t in files],
+                           args.threads, p=512, n=128, reps=3, engines=list(compare.RUNNERS))
     (RESULTS / "compare.json").write_text(json.dumps(rows, indent=1))
 
     if args.full:
         print("== compare (synthetic full-size models)")
         models = quality.MODELS
         paths = []
-        for shape, type_name in (("mistral-7b", "q4_0"), ("mistral-7b", "q8_0"), ("mixtral-8x7b", "q4_0")):
+        for shape, type_name in (("mistral-7b", "q4_0"), ("mistral-7b", "q8_0"), ("mistral-7b", "q4_k_m"),
+                                 ("mixtral-8x7b", "q4_0")):
             path = models / f"synthetic-{shape}-{type_name}.gguf"
             if not path.exists():
                 synthetic.write_synthetic(shape, type_name, path)

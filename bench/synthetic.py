@@ -2,10 +2,16 @@
 
 Full-size speed and memory can be measured without downloading weights. The
 blocks are generated directly in their quantized form (random codes, random
-f16 scales), a few MB at a time, so the float model never exists. Every block
-scale gets a random sign: with positive scales only, every Q4_0 weight would
-have mean -0.5*d, the residual stream would drift the same way for every
-token, and a Mixtral router would pick the same experts every time.
+f16 scales), a few MB at a time, so the float model never exists. Every f16
+scale (and K-quant min) gets a random sign: with positive scales only, every
+Q4_0 weight would have mean -0.5*d, the residual stream would drift the same
+way for every token, and a Mixtral router would pick the same experts every
+time. The scales' size makes the weights' std ~1/sqrt(row length), measured
+on a sample of unit-scale blocks.
+
+`--type q4_k_m` writes llama.cpp's Q4_K_M mix (llama_tensor_get_type in
+src/llama-quant.cpp) for the dense shape: Q4_K, with Q6_K for the output and
+for attn_v and ffn_down in the layers `use_more_bits` picks.
 
     python -m bench.synthetic mixtral-8x7b --type q4_0 -o bench/models/mixtral-q4_0.gguf [--layers 4]
 """
@@ -17,8 +23,10 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as QT
 from gguf.constants import GGUFValueType as VT
+from gguf.quants import dequantize
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from quantize.checkpoint import Hparams, add_llama_metadata
@@ -34,28 +42,56 @@ SHAPES = {
                             n_kv_heads=8, head_dim=128, n_vocab=32000, rope_theta=1e6, norm_eps=1e-5,
                             context_length=32768, sliding_window=None, n_experts=8, n_experts_used=2),
 }
-# std of the integer codes: Q4_0's q - 8 for q uniform in 0..15, Q8_0's int8 uniform
-CODE_STD = {QT.Q4_0: 4.64, QT.Q8_0: 73.9}
-BLOCK = {QT.Q4_0: (18, 1), QT.Q8_0: (34, 1)}  # bytes per block, f16 scales per block
+# byte offsets of each block's f16 scales and mins (ggml-common.h)
+F16_FIELDS = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q2_K: (80, 82),
+              QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,), QT.IQ4_NL: (0,), QT.IQ4_XS: (0,)}
+TYPES = {"q4_0": (QT.Q4_0, 2), "q8_0": (QT.Q8_0, 7), "q4_k_m": (QT.Q4_K, 15)}  # type, llama_ftype
 CHUNK_BYTES = 16 << 20
+
+
+def _signed_scales(rng: np.random.Generator, blocks: np.ndarray, qtype: int, magnitude: float) -> np.ndarray:
+    for o in F16_FIELDS[qtype]:
+        scales = (rng.choice([-1.0, 1.0], size=blocks.shape[:2]) * magnitude).astype(np.float16)
+        blocks[:, :, o:o + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks
+
+
+def _unit_std(qtype: int) -> float:
+    """The std of the values of random blocks whose f16 scales are all +-1."""
+    rng = np.random.default_rng(1)
+    block, size = GGML_QUANT_SIZES[qtype]
+    blocks = _signed_scales(rng, rng.integers(0, 256, size=(64, 4, size), dtype=np.uint8), qtype, 1.0)
+    return float(dequantize(blocks.reshape(64, -1), qtype).std())
+
+
+UNIT_STD = {t: _unit_std(t) for t in F16_FIELDS}
 
 
 def random_blocks(rng: np.random.Generator, qtype: int, rows: int, cols: int) -> np.ndarray:
     """rows x cols weights of std ~1/sqrt(cols) as ggml blocks: random codes, random-sign f16 scales."""
-    nbytes, _ = BLOCK[qtype]
-    blocks = rng.integers(0, 256, size=(rows, cols // 32, nbytes), dtype=np.uint8)
-    magnitude = 1.0 / (CODE_STD[qtype] * np.sqrt(cols))
-    scales = (rng.choice([-1.0, 1.0], size=(rows, cols // 32)) * magnitude).astype(np.float16)
-    blocks[:, :, :2] = scales.view(np.uint8).reshape(rows, cols // 32, 2)
-    return blocks.reshape(rows, -1)
+    block, size = GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    return _signed_scales(rng, blocks, qtype, 1.0 / (UNIT_STD[qtype] * np.sqrt(cols))).reshape(rows, -1)
+
+
+def q4_k_m_type(name: str, layer: int, n_layers: int) -> int:
+    """The type llama.cpp's Q4_K_M gives a tensor of a dense Llama model."""
+    more_bits = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+    if name == "output.weight" or (more_bits and name.split(".")[-2] in ("attn_v", "ffn_down")):
+        return QT.Q6_K
+    return QT.Q4_K
 
 
 def tensors(hp: Hparams, qtype: int, seed: int) -> list[OutTensor]:
     rng = np.random.default_rng(seed)
 
-    def matrix(name: str, shape: tuple[int, ...], t: int = qtype) -> OutTensor:
+    def matrix(name: str, shape: tuple[int, ...], t: int | None = None) -> OutTensor:
+        if t is None:
+            t = q4_k_m_type(name, int(name.split(".")[1]) if name.startswith("blk.") else 0, hp.n_layers) \
+                if qtype == QT.Q4_K else qtype
         *lead, rows, cols = shape
-        step = max(1, CHUNK_BYTES // (cols // 32 * BLOCK[t][0]))
+        block, size = GGML_QUANT_SIZES[t]
+        step = max(1, CHUNK_BYTES // (cols // block * size))
 
         def chunks():
             for _ in range(int(np.prod(lead or [1]))):
@@ -66,7 +102,7 @@ def tensors(hp: Hparams, qtype: int, seed: int) -> list[OutTensor]:
     def vector(name: str, values: np.ndarray) -> OutTensor:
         return OutTensor(name, values.shape, QT.F32, lambda: iter([values.astype(np.float32)]))
 
-    edge = QT.Q8_0  # llama.cpp keeps embeddings and output at 8 bits under a 4-bit body
+    edge = QT.Q8_0 if qtype == QT.Q4_0 else None  # llama.cpp keeps Q4_0's embeddings and output at 8 bits
     out = [matrix("token_embd.weight", (hp.n_vocab, hp.dim), edge)]
     q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
     for i in range(hp.n_layers):
@@ -95,13 +131,15 @@ def write_synthetic(shape: str, type_name: str, out: Path, layers: int | None = 
     """Write the synthetic model; returns `out`."""
     from mistral_common import __file__ as mistral_common_init
 
-    qtype = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0}[type_name]
+    qtype, file_type = TYPES[type_name]
     hp = SHAPES[shape]
+    if qtype == QT.Q4_K and hp.n_experts:
+        raise ValueError("q4_k_m is written for the dense shape only (llama.cpp's Mixtral mix differs)")
     if layers:
         hp = dataclasses.replace(hp, n_layers=layers, name=f"{hp.name} ({layers} layers)")
     source = Source(f"synthetic {shape}")
     add_llama_metadata(source, hp)
-    source.set("general.file_type", {QT.Q4_0: 2, QT.Q8_0: 7}[qtype], VT.UINT32)
+    source.set("general.file_type", file_type, VT.UINT32)
     tokenizer = Path(mistral_common_init).parent / "data" / "tokenizer.model.v1"
     add_sentencepiece_vocab(source, tokenizer, hp.n_vocab)
     plan = tensors(hp, qtype, seed)
@@ -116,7 +154,7 @@ def write_synthetic(shape: str, type_name: str, out: Path, layers: int | None = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shape", choices=sorted(SHAPES))
-    ap.add_argument("--type", default="q4_0", choices=["q4_0", "q8_0"])
+    ap.add_argument("--type", default="q4_0", choices=sorted(TYPES))
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the real model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", type=Path, required=True)

@@ -1,5 +1,5 @@
 """`python -m cpuinfer` is the `cpuinfer` command."""
 
-from .cli import app
+from .main import main
 
-app(prog_name="cpuinfer")
+main()

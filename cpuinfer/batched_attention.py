@@ -14,26 +14,24 @@ import math
 
 import numpy as np
 
+from .kernels.kv_store import rows_as_float32
 
-def cached_in_order(cache_g: np.ndarray, first: int, p0: int) -> np.ndarray:
-    """Rows of one kv head's rolling buffer [S, D] holding positions first .. p0-1, in time order."""
-    S = cache_g.shape[0]
-    if p0 <= first:
-        return cache_g[:0]
-    a, b = first % S, p0 % S
-    if a < b or b == 0:
-        return cache_g[a:b or S]
-    return np.concatenate([cache_g[a:], cache_g[:b]])
+def cached_in_order(values_g: np.ndarray, scales_g: np.ndarray, first: int, p0: int) -> np.ndarray:
+    """float32 rows of one kv head's rolling buffer [S, D] holding positions first .. p0-1, in time order."""
+    S = values_g.shape[0]
+    slots = np.arange(first, max(first, p0)) % S
+    return rows_as_float32(values_g, scales_g, slots)
 
 
-def attend_kv_head(q, k_new, v_new, k_cache, v_cache, p0: int, window: int, out, g: int) -> None:
+def attend_kv_head(q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0: int, window: int, out,
+                   g: int) -> None:
     """out[:, heads of kv head g] = softmax(mask(Q K^T / sqrt(D))) V for the chunk at positions p0 ..."""
     T, H, D = q.shape
     group = H // k_new.shape[1]
     heads = slice(g * group, (g + 1) * group)
     first = max(0, p0 - window + 1)  # oldest position the chunk's first query sees
-    keys = np.concatenate([cached_in_order(k_cache[g], first, p0), k_new[:, g]])
-    values = np.concatenate([cached_in_order(v_cache[g], first, p0), v_new[:, g]])
+    keys = np.concatenate([cached_in_order(k_cache[g], k_scales[g], first, p0), k_new[:, g]])
+    values = np.concatenate([cached_in_order(v_cache[g], v_scales[g], first, p0), v_new[:, g]])
     positions = np.arange(first, p0 + T)
     queries = q[:, heads].reshape(T * group, D)  # row t * group + a: token t, head a of the group
     scores = (queries @ keys.T).reshape(T, group, -1)

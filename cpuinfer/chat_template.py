@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from datetime import datetime
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import CpuinferError
+from .errors import CpuinferError, quote
+from .template_sandbox import LimitedSandbox, TemplateLimit, render_limited
+from .text import read_utf8_file
 from .tokenizer import Tokenizer
 
 # Mistral v1 (7B v0.1/v0.2, Mixtral 8x7B) as mistral-common encodes it: system
@@ -57,16 +59,14 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_
 
 BUILTIN = {"mistral": MISTRAL_V1, "llama2": LLAMA2, "chatml": CHATML}
 
-_PLACEHOLDER = "\ue000{}\ue001"
-_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 def _raise(message: str):
-    raise CpuinferError(f"the chat template refused the conversation: {message}")
+    raise CpuinferError(f"the chat template refused the conversation: {quote(str(message), 200)}")
 
 
 def _environment() -> jinja2.Environment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -86,7 +86,7 @@ def choose_template(tokenizer: Tokenizer, file_template: str | None, name_hint: 
             return override, BUILTIN[override]
         path = Path(override)
         if path.is_file():
-            return path.name, path.read_text()
+            return path.name, read_utf8_file(path, "--template")
         raise CpuinferError(f"--template {override!r}: not a file nor one of {', '.join(BUILTIN)}")
     if file_template:
         if "[INST]" in file_template and "<<SYS>>" not in file_template and "[INST]" not in tokenizer.special_ids:
@@ -108,22 +108,32 @@ class ChatTemplate:
         self.name = name
         try:
             self._template = _environment().from_string(source)
-        except jinja2.TemplateError as e:
-            raise CpuinferError(f"the chat template does not parse: {e}") from None
+        except (jinja2.TemplateError, RecursionError) as e:
+            raise CpuinferError(f"the chat template does not parse: {quote(str(e), 200)}") from None
+        # Message contents are rendered as placeholders: private-use characters around a random key that is
+        # not in the source, then the message's number. Digits survive filters such as upper and trim, and a
+        # template with private-use characters of its own cannot forge or break a placeholder.
+        key = str(secrets.randbelow(10**12)).zfill(12)
+        while key in source:
+            key = str(secrets.randbelow(10**12)).zfill(12)
+        self._placeholder = "\ue000" + key + "{}\ue001"
+        self._placeholder_re = re.compile("\ue000" + key + "(\\d+)\ue001")
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        """The template's text for `messages` (contents as given)."""
+        """The template's text for `messages` (contents as given), within the sandbox's time and size limits."""
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+            return render_limited(self._template, messages=messages, add_generation_prompt=add_generation_prompt,
+                                  bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
         except CpuinferError:
             raise
+        except TemplateLimit as e:
+            raise CpuinferError(f"the chat template was stopped: {e}") from None
         except Exception as e:  # a template is user code: any error it raises is the user's to see
-            raise CpuinferError(f"the chat template failed: {type(e).__name__}: {e}") from None
+            raise CpuinferError(f"the chat template failed: {type(e).__name__}: {quote(str(e), 200)}") from None
 
     def encode(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the conversation, message by message (see the module docstring)."""
-        masked = [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
+        masked = [{**m, "content": self._placeholder.format(i)} for i, m in enumerate(messages)]
         renders = [""]
         try:
             for k in range(len(masked) + 1):
@@ -143,10 +153,12 @@ class ChatTemplate:
     def _encode_chunk(self, text: str, messages: list[dict]) -> list[int]:
         """Template text (special tokens parsed) with message contents (plain text, or given ids) spliced in."""
         pieces: list[str | list[int]] = []
-        for i, part in enumerate(_PLACEHOLDER_RE.split(text)):
-            if i % 2:
+        for i, part in enumerate(self._placeholder_re.split(text)):
+            if i % 2 and int(part) < len(messages):
                 message = messages[int(part)]
                 pieces.append(list(message["ids"]) if message.get("ids") is not None else str(message["content"]))
+            elif i % 2:  # a number no message has: the template built it; it stays text
+                pieces.extend(self.tokenizer.split_specials(self._placeholder.format(part)))
             elif part:
                 pieces.extend(self.tokenizer.split_specials(part))
         return self.tokenizer.encode_pieces(pieces)

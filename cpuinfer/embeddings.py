@@ -10,7 +10,8 @@ e.g. e5-mistral's "Instruct: {task}\\nQuery: {query}" for queries (documents
 go in as they are): that prefix is the caller's to add.
 
 Short texts are packed into steps of up to `model.batch` tokens, each text with
-a small cache of its own, so many texts share one pass over the weights.
+a small cache of its own (float32: it lives only for one text, and keeps the
+vectors exact), so many texts share one pass over the weights.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def embed_tokens(model, token_lists: list[list[int]], pooling: str | None = None
 
 
 def _packed(model, group: list[int], token_lists: list[list[int]], pooling: str, threads, finish) -> None:
-    segments = [Segment(np.asarray(token_lists[i], dtype=np.int64), model.new_cache(len(token_lists[i])),
+    segments = [Segment(np.asarray(token_lists[i], dtype=np.int64), model.new_cache(len(token_lists[i]), "f32"),
                         _WANTED[pooling]) for i in group]
     for i, rows in zip(group, model._step(segments, threads, hidden=True)):
         finish(i, rows)
@@ -99,7 +100,7 @@ def _packed(model, group: list[int], token_lists: list[list[int]], pooling: str,
 
 def _long_text(model, ids: list[int], pooling: str, threads) -> np.ndarray:
     """A text longer than one step, in chunks through one cache; only the rows pooling needs are kept."""
-    cache = model.new_cache(len(ids))
+    cache = model.new_cache(len(ids), "f32")
     step = max(1, min(model.batch, cache.size))
     kept = []
     for start in range(0, len(ids), step):

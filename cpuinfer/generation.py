@@ -6,23 +6,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .numbers import token_limit
 from .sampler import Sampler
 
 
 def generate(model, cache, ids: list[int], sampler: Sampler, max_tokens: int | None = None,
              on_prefill: Callable[[int, int], None] | None = None) -> Iterator[int]:
-    """Prefill `ids` into `cache`, then yield sampled tokens until a stop token or `max_tokens`.
+    """Prefill `ids` into `cache`, then yield sampled tokens until a stop token or `max_tokens` (0: none,
+    -1: no cap).
 
     Every yielded token but the last is also fed to the model, so when the
     generator ends the cache holds the prompt and all tokens before the final
     one; a caller that continues must feed that one first.
     """
+    max_tokens = token_limit(max_tokens)
     logits = model.forward(ids, cache, all_logits=False, on_chunk=on_prefill)[-1]
+    if max_tokens == 0:  # as llama.cpp's -n 0: the prompt is processed, nothing generated
+        return
     history = list(ids)
     stop_ids = model.tokenizer.stop_ids
     n = 0
     while True:
-        token = sampler(logits, history)
+        token = sampler(logits, history, position=cache.pos - 1)
         history.append(token)
         n += 1
         yield token
@@ -104,6 +109,9 @@ class Reply:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     timings: Timings = field(default_factory=Timings)
+
+    def __post_init__(self):
+        self.max_tokens = token_limit(self.max_tokens)
 
     def __iter__(self) -> Iterator[str]:
         t = self.timings

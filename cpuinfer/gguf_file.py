@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import GGUFError
+from .errors import GGUFError, quote
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -146,47 +146,49 @@ class GGUFFile:
         self.value_types: dict[str, tuple[int, int | None]] = {}
         for _ in range(n_kv):
             key = cur.string("metadata key")
-            vtype = cur.u32(key)
+            what = f"metadata key {quote(key)}"
+            vtype = cur.u32(what)
             item_type = None
             if vtype == _ARRAY:
-                cur.need(4, key)
+                cur.need(4, what)
                 (item_type,) = struct.unpack_from("<I", self._mmap, cur.pos)
             self.value_types[key] = (vtype, item_type)
-            metadata[key] = cur.value(vtype, key)
+            metadata[key] = cur.value(vtype, what)
 
         infos = []
         for _ in range(n_tensors):
             name = cur.string("tensor name")
-            n_dims = cur.u32(name)
+            what = f"tensor {quote(name)}"
+            n_dims = cur.u32(what)
             if not 1 <= n_dims <= MAX_DIMS:
-                raise GGUFError(f"{self.path}: tensor {name} has {n_dims} dimensions")
-            ne = [cur.u64(name) for _ in range(n_dims)]
-            ggml_type, offset = cur.u32(name), cur.u64(name)
+                raise GGUFError(f"{self.path}: {what} has {n_dims} dimensions")
+            ne = [cur.u64(what) for _ in range(n_dims)]
+            ggml_type, offset = cur.u32(what), cur.u64(what)
             if any(d == 0 or d > 2**40 for d in ne):
-                raise GGUFError(f"{self.path}: tensor {name} has a bad shape {ne}")
+                raise GGUFError(f"{self.path}: {what} has a bad shape {ne}")
             try:
                 GGMLQuantizationType(ggml_type)
             except ValueError:
-                raise GGUFError(f"{self.path}: tensor {name} has unknown type {ggml_type}") from None
+                raise GGUFError(f"{self.path}: {what} has unknown type {ggml_type}") from None
             infos.append((name, ggml_type, tuple(reversed(ne)), offset))
 
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):  # bool is not int here
-            raise GGUFError(f"{self.path}: bad general.alignment {alignment!r}")
+            raise GGUFError(f"{self.path}: bad general.alignment {quote(alignment)}")
         data_start = -(-cur.pos // alignment) * alignment
 
         tensors: dict[str, TensorInfo] = {}
         for name, ggml_type, shape, offset in infos:
             if name in tensors:
-                raise GGUFError(f"{self.path}: tensor {name} appears twice")
+                raise GGUFError(f"{self.path}: tensor {quote(name)} appears twice")
             try:
                 nbytes = tensor_nbytes(ggml_type, shape)
             except GGUFError as e:
-                raise GGUFError(f"{self.path}: tensor {name}: {e}") from None
+                raise GGUFError(f"{self.path}: tensor {quote(name)}: {e}") from None
             start = data_start + offset
             if offset % alignment or start + nbytes > size:
                 raise GGUFError(
-                    f"{self.path}: tensor {name} lies outside the file (bytes {start}..{start + nbytes} "
+                    f"{self.path}: tensor {quote(name)} lies outside the file (bytes {start}..{start + nbytes} "
                     f"of {size}): the file is truncated or corrupt")
             tensors[name] = TensorInfo(name, ggml_type, shape, start, nbytes)
         return metadata, tensors

@@ -16,15 +16,25 @@ from gguf.constants import GGMLQuantizationType as QT
 
 from .errors import GGUFError
 from .gguf_file import GGUFFile, TensorInfo
-from .kernels import dequant, matvec
+from .kernels import dequant, floats, iq4, kquants, matvec, q5
 from .parallel import Workers
 
-SUPPORTED_TYPES = {QT.F32: "F32", QT.F16: "F16", QT.Q8_0: "Q8_0", QT.Q4_0: "Q4_0", QT.Q4_1: "Q4_1"}
+SUPPORTED_TYPES = {t: t.name for t in (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
+                                       QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_NL, QT.IQ4_XS)}
 
 _MATVEC = {QT.Q8_0: matvec.matvec_q8_0, QT.Q4_0: matvec.matvec_q4_0, QT.Q4_1: matvec.matvec_q4_1,
-           QT.F16: matvec.matvec_f16}
+           QT.F16: matvec.matvec_f16, QT.BF16: floats.matvec_bf16,
+           QT.Q5_0: q5.matvec_q5_0, QT.Q5_1: q5.matvec_q5_1,
+           QT.Q2_K: kquants.matvec_q2_k, QT.Q3_K: kquants.matvec_q3_k, QT.Q4_K: kquants.matvec_q4_k,
+           QT.Q5_K: kquants.matvec_q5_k, QT.Q6_K: kquants.matvec_q6_k,
+           QT.IQ4_NL: iq4.matvec_iq4_nl, QT.IQ4_XS: iq4.matvec_iq4_xs}
 _DEQUANT = {QT.Q8_0: dequant.dequant_rows_q8_0, QT.Q4_0: dequant.dequant_rows_q4_0,
-            QT.Q4_1: dequant.dequant_rows_q4_1, QT.F16: dequant.dequant_rows_f16}
+            QT.Q4_1: dequant.dequant_rows_q4_1, QT.F16: dequant.dequant_rows_f16, QT.BF16: floats.dequant_rows_bf16,
+            QT.Q5_0: q5.dequant_rows_q5_0, QT.Q5_1: q5.dequant_rows_q5_1,
+            QT.Q2_K: kquants.dequant_rows_q2_k, QT.Q3_K: kquants.dequant_rows_q3_k,
+            QT.Q4_K: kquants.dequant_rows_q4_k, QT.Q5_K: kquants.dequant_rows_q5_k,
+            QT.Q6_K: kquants.dequant_rows_q6_k, QT.IQ4_NL: iq4.dequant_rows_iq4_nl,
+            QT.IQ4_XS: iq4.dequant_rows_iq4_xs}
 
 # Batches up to this many rows run as repeated matvecs: below it, expanding a
 # weight tile to float32 costs more memory traffic than it saves.
@@ -33,7 +43,7 @@ MATVEC_MAX_ROWS = 2
 
 @dataclass(frozen=True)
 class Linear:
-    """A [rows, cols] weight matrix read in place: float32, uint16 (f16 bits) or uint8 blocks."""
+    """A [rows, cols] weight matrix read in place: float32, uint16 (f16/bf16 bits) or uint8 blocks."""
 
     name: str
     ggml_type: int
@@ -55,9 +65,13 @@ def linear_views(gguf: GGUFFile, info: TensorInfo) -> list[Linear]:
             f"`cpuinfer quantize {gguf.path} -o model-q8_0.gguf --type q8_0`")
     raw = gguf.raw(info)
     *lead, rows, cols = info.shape
+    if info.ggml_type == QT.BF16 and cols % floats.RUN:
+        raise GGUFError(f"tensor {info.name} is BF16 with rows of {cols} values; cpuinfer needs a multiple of "
+                        f"{floats.RUN}. Convert the file first, e.g. `cpuinfer quantize {gguf.path} "
+                        f"-o model-f16.gguf --type f16`")
     if info.ggml_type == QT.F32:
         data = raw.view(np.float32).reshape(*lead, rows, cols)
-    elif info.ggml_type == QT.F16:
+    elif info.ggml_type in (QT.F16, QT.BF16):
         data = raw.view(np.uint16).reshape(*lead, rows, cols)
     else:
         data = raw.reshape(*lead, rows, -1)
@@ -88,6 +102,17 @@ def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.nd
             np.matmul(x, dense.T, out=out[:, r0:r0 + n])
 
     workers.run(rows, w.rows)
+    return out
+
+
+def dequantize_rows(w: Linear, r0: int, r1: int) -> np.ndarray:
+    """Rows r0 ... r1 - 1 of W as float32 [r1 - r0, cols]."""
+    if not 0 <= r0 <= r1 <= w.rows:
+        raise ValueError(f"rows {r0}:{r1} of {w.name}, which has {w.rows}")
+    if w.ggml_type == QT.F32:
+        return np.array(w.data[r0:r1])
+    out = np.empty((r1 - r0, w.cols), dtype=np.float32)
+    _DEQUANT[w.ggml_type](w.data, r0, out)
     return out
 
 

@@ -16,10 +16,11 @@ from typing import Iterator
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from . import bus_error
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
-from .kv_cache import RollingKVCache
+from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache
 from .linear import MATVEC_MAX_ROWS
 from .parallel import Workers
 from .threads import clamp_threads, physical_cores, threads_for_call
@@ -33,22 +34,26 @@ DEFAULT_MAX_CTX = 4096
 class Model:
     """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+                 kv_type: str = DEFAULT_KV_TYPE):
         self.path = str(path)
         self.file = GGUFFile(path)
         md = self.file.metadata
         embd = self.file.tensors.get("token_embd.weight")
         if embd is None or len(embd.shape) != 2:
             raise GGUFError(f"{self.path}: no 2-D token_embd.weight tensor")
-        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0])
+        self.config = ModelConfig.from_metadata(md, n_vocab=embd.shape[0], tensor_names=self.file.tensors)
         self.tokenizer: Tokenizer = from_gguf_metadata(md)
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
         self.weights = load_weights(self.file, self.config)
+        bus_error.install()  # the kernels read the mapping from here on
         self.transformer = Transformer(self.config, self.weights)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())
+        self.kv_type = kv_type
+        RollingKVCache(self.config, 1, kv_type)  # an unknown or unusable type fails at load, not later
         self.batch = prompt_batch(self.config)  # tokens per prompt chunk
         self._float32_weights = any(t.ggml_type == QT.F32 and len(t.shape) > 1 for t in self.file.tensors.values())
         self._workers: dict[int, Workers] = {}
@@ -61,11 +66,12 @@ class Model:
                                 f"(the length this model was trained for), not {n_ctx}")
         return n_ctx
 
-    def new_cache(self, n_ctx: int | None = None) -> RollingKVCache:
-        """An empty KV cache for one sequence of up to `n_ctx` tokens (default: the model's n_ctx)."""
+    def new_cache(self, n_ctx: int | None = None, kv_type: str | None = None) -> RollingKVCache:
+        """An empty KV cache for one sequence of up to `n_ctx` tokens, storing `kv_type` (f16, f32, q8_0)
+        values (defaults: the model's n_ctx and kv_type)."""
         n_ctx = self._checked_ctx(self.n_ctx if n_ctx is None else n_ctx)
         try:
-            return RollingKVCache(self.config, n_ctx)
+            return RollingKVCache(self.config, n_ctx, kv_type or self.kv_type)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
 
@@ -147,7 +153,8 @@ class Model:
         return generate(self, cache, ids, sampler, max_tokens=max_tokens, on_prefill=on_prefill)
 
 
-def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None) -> Model:
-    """Memory-map a GGUF model. `n_ctx` (the default context of new caches) defaults to min(trained
-    context, 4096); `threads` to the physical cores."""
-    return Model(path, n_ctx=n_ctx, threads=threads)
+def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
+         kv_type: str = DEFAULT_KV_TYPE) -> Model:
+    """Memory-map a GGUF model. `n_ctx` and `kv_type` are the defaults of new caches: min(trained
+    context, 4096) and float16; `threads` defaults to the physical cores."""
+    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ContextFullError, CpuinferError
+from .errors import ContextFullError, CpuinferError, quote
 from .generation import Reply
 from .sampler import Sampler, SamplerSettings
 
@@ -102,15 +102,19 @@ class ChatSession:
         """Write the conversation as JSON ({"system": ..., "messages": [{"role", "content"}, ...]})."""
         data = {"system": self.system, "messages": [{"role": m["role"], "content": m["content"]}
                                                     for m in self.messages]}
-        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=2))
+        try:
+            Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        except OSError as e:
+            raise CpuinferError(f"cannot save the conversation to {path} ({e.strerror})") from None
 
     def load(self, path: str | Path) -> None:
         """Replace the conversation with one saved by `save` (prefilled on the next turn)."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
             messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CpuinferError(f"cannot load a conversation from {path}: {e}") from None
+            system = str(data.get("system") or "") or self.system
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise CpuinferError(f"cannot load a conversation from {path}: {quote(str(e), 120)}") from None
         self.reset()
-        self.system = data.get("system") or self.system
+        self.system = system
         self.messages = messages

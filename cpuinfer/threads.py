@@ -7,6 +7,8 @@ import functools
 import os
 from typing import Iterator
 
+from .numbers import checked
+
 
 def physical_cores() -> int:
     """Physical cores this process may run on (SMT siblings count once), like llama.cpp's default."""
@@ -25,10 +27,10 @@ def physical_cores() -> int:
 
 
 def clamp_threads(n: int) -> int:
-    """n limited to 1 .. the threads numba started with."""
+    """n (which must be >= 1) limited to the threads numba started with."""
     import numba
 
-    return max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    return min(checked(n, "threads (--threads/-t)", integer=True, lo=1), numba.config.NUMBA_NUM_THREADS)
 
 
 @functools.cache

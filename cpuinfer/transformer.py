@@ -149,7 +149,9 @@ class Transformer:
         out = s.attn.reshape(T, cfg.n_heads, cfg.head_dim)
         for seg, a, b in zip(segments, starts, starts[1:]):
             cache = seg.cache
-            args = (q[a:b], k[a:b], v[a:b], cache.k[i], cache.v[i], cache.pos, cache.window, out[a:b])
+            cache.round(k[a:b])  # the chunk's own keys as the cache will hold them: chunking changes nothing
+            cache.round(v[a:b])
+            args = (q[a:b], k[a:b], v[a:b], *cache.layer(i), cache.pos, cache.window, out[a:b])
             if b - a == 1:
                 attention(*args)
             else:

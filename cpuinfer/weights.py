@@ -61,8 +61,12 @@ class _Tensors:
     def matrix(self, name: str, rows: int, cols: int) -> Linear:
         return linear_views(self.gguf, self.info(name, (rows, cols)))[0]
 
-    def experts(self, name: str, n: int, rows: int, cols: int) -> list[Linear]:
-        return linear_views(self.gguf, self.info(name, (n, rows, cols)))
+    def experts(self, prefix: str, n: int, rows: int, cols: int) -> list[Linear]:
+        """The n expert matrices of `prefix` (e.g. blk.0.ffn_gate): one 3-D tensor `prefix_exps.weight`, or,
+        in Mixtral files written before April 2024, one 2-D tensor `prefix.E.weight` per expert."""
+        if f"{prefix}.0.weight" in self.gguf.tensors and f"{prefix}_exps.weight" not in self.gguf.tensors:
+            return [self.matrix(f"{prefix}.{e}.weight", rows, cols) for e in range(n)]
+        return linear_views(self.gguf, self.info(f"{prefix}_exps.weight", (n, rows, cols)))
 
     def vector(self, name: str, n: int) -> np.ndarray:
         info = self.info(name, (n,))
@@ -71,7 +75,9 @@ class _Tensors:
             return raw.view(np.float32)
         if info.ggml_type == QT.F16:
             return raw.view(np.float16).astype(np.float32)
-        raise GGUFError(f"{self.gguf.path}: norm {name} is {info.type_name}, expected F32 or F16")
+        if info.ggml_type == QT.BF16:
+            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        raise GGUFError(f"{self.gguf.path}: norm {name} is {info.type_name}, expected F32, F16 or BF16")
 
 
 def load_weights(gguf: GGUFFile, cfg: ModelConfig) -> Weights:
@@ -86,9 +92,9 @@ def load_weights(gguf: GGUFFile, cfg: ModelConfig) -> Weights:
         ffn, router, experts = None, None, ()
         if cfg.is_moe:
             router = t.matrix(p + "ffn_gate_inp.weight", cfg.n_experts, cfg.dim)
-            gates = t.experts(p + "ffn_gate_exps.weight", cfg.n_experts, cfg.ffn_dim, cfg.dim)
-            ups = t.experts(p + "ffn_up_exps.weight", cfg.n_experts, cfg.ffn_dim, cfg.dim)
-            downs = t.experts(p + "ffn_down_exps.weight", cfg.n_experts, cfg.dim, cfg.ffn_dim)
+            gates = t.experts(p + "ffn_gate", cfg.n_experts, cfg.ffn_dim, cfg.dim)
+            ups = t.experts(p + "ffn_up", cfg.n_experts, cfg.ffn_dim, cfg.dim)
+            downs = t.experts(p + "ffn_down", cfg.n_experts, cfg.dim, cfg.ffn_dim)
             experts = tuple(Expert(g, u, d) for g, u, d in zip(gates, ups, downs))
         else:
             ffn = Expert(t.matrix(p + "ffn_gate.weight", cfg.ffn_dim, cfg.dim),

@@ -18,7 +18,7 @@ from .checkpoint import open_consolidated, open_hf
 from .gguf_source import open_gguf
 from .quants import QK, quantize_rows
 from .source import Source, SourceTensor
-from .writer import OutTensor, atomic_output, check_disk_space, estimated_size, write_gguf
+from .writer import OutTensor, atomic_output, check_disk_space, check_output, estimated_size, write_gguf
 
 TYPES = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "f16": QT.F16, "f32": QT.F32}
 # llama.cpp's general.file_type (llama_ftype) for each requested type
@@ -84,12 +84,7 @@ def convert(src: str | Path, out: str | Path, type_name: str, force: bool = Fals
     qtype = TYPES.get(type_name.lower())
     if qtype is None:
         raise CpuinferError(f"unknown type {type_name!r}; choose one of {', '.join(TYPES)}")
-    if out.is_dir():
-        raise CpuinferError(f"{out} is a folder; give the output file name")
-    if out.exists() and not force:
-        raise CpuinferError(f"{out} already exists (use --force to overwrite it)")
-    if not out.parent.exists():
-        raise CpuinferError(f"{out.parent}: no such folder")
+    check_output(out, force)
     if src.resolve() == out.resolve():
         raise CpuinferError("the output must not be the input file")
     source = open_source(src)

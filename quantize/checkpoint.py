@@ -8,18 +8,19 @@ use the interleaved layout and are not permuted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 from gguf.constants import GGUFValueType as VT
 
-from cpuinfer.errors import CpuinferError
+from cpuinfer.errors import CpuinferError, quote
 
+from .hf_config import Hparams, consolidated_hparams, hf_hparams, read_json, tokenizer_config, weight_map
 from .safetensors_file import SafetensorsEntry, read_header
 from .source import Matrix, Source, SourceTensor, reordered, rope_row_order, whole
-from .vocab import add_sentencepiece_vocab, find_tokenizer_model, read_json
+from .vocab import add_sentencepiece_vocab, find_tokenizer_model
 
-HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 
 HF_NAMES = {
     "token_embd": "model.embed_tokens.weight",
@@ -60,100 +61,26 @@ CONSOLIDATED_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Hparams:
-    name: str
-    n_layers: int
-    dim: int
-    ffn_dim: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    n_vocab: int
-    rope_theta: float
-    norm_eps: float
-    context_length: int
-    sliding_window: int | None
-    n_experts: int
-    n_experts_used: int
-    tied_embeddings: bool = False
-
-
-def _int(cfg: dict, key: str, where: str) -> int:
-    try:
-        return int(cfg[key])
-    except (KeyError, TypeError, ValueError):
-        raise CpuinferError(f"{where}: missing or invalid {key!r}") from None
-
-
 def open_hf(folder: Path) -> Source:
     """A Hugging Face folder: config.json, (sharded) safetensors, tokenizer.model."""
-    cfg = read_json(folder / "config.json")
-    arch = (cfg.get("architectures") or ["(none)"])[0]
-    if arch not in HF_ARCHITECTURES:
-        raise CpuinferError(f"{folder}: unknown architecture {arch!r}; cpuinfer converts {', '.join(HF_ARCHITECTURES)}")
-    scaling = cfg.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise CpuinferError(f"{folder}: rope_scaling {scaling} is not supported")
-    where = f"{folder / 'config.json'}"
-    dim, n_heads = _int(cfg, "hidden_size", where), _int(cfg, "num_attention_heads", where)
-    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") or 10000.0
-    hp = Hparams(
-        name=str(cfg.get("_name_or_path") or folder.resolve().name),
-        n_layers=_int(cfg, "num_hidden_layers", where),
-        dim=dim,
-        ffn_dim=_int(cfg, "intermediate_size", where),
-        n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-        head_dim=int(cfg.get("head_dim") or dim // n_heads),
-        n_vocab=_int(cfg, "vocab_size", where),
-        rope_theta=float(theta),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        context_length=int(cfg.get("max_position_embeddings") or 4096),
-        sliding_window=cfg.get("sliding_window") if arch == "MistralForCausalLM" else None,
-        n_experts=int(cfg.get("num_local_experts") or 0),
-        n_experts_used=int(cfg.get("num_experts_per_tok") or 0),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-    )
+    arch, hp = hf_hparams(read_json(folder / "config.json"), folder)
+    tokenizer = tokenizer_config(folder)
     entries = _hf_entries(folder)
     source = Source(f"Hugging Face checkpoint {folder} ({arch})")
-    tokenizer_config = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").exists() else {}
     _build(source, hp, HF_NAMES, entries, str(folder), permute_qk=True)
-    add_sentencepiece_vocab(source, find_tokenizer_model(folder), hp.n_vocab, cfg.get("bos_token_id"),
-                            cfg.get("eos_token_id"), tokenizer_config)
+    add_sentencepiece_vocab(source, find_tokenizer_model(folder), hp.n_vocab, hp.bos_id, hp.eos_id, tokenizer)
     return source
 
 
 def open_consolidated(folder: Path) -> Source:
     """A Mistral consolidated folder: params.json, consolidated.safetensors, tokenizer.model."""
     params = read_json(folder / "params.json")
-    where = str(folder / "params.json")
     path = folder / "consolidated.safetensors"
     if not path.is_file():
         raise CpuinferError(f"{folder}: missing consolidated.safetensors")
     entries = read_header(str(path))
-    dim, n_heads = _int(params, "dim", where), _int(params, "n_heads", where)
-    moe = params.get("moe") or {}
     w1 = entries.get("layers.0.feed_forward.w1.weight") or entries.get("layers.0.feed_forward.experts.0.w1.weight")
-    ffn_dim = int(params.get("hidden_dim") or (w1.shape[0] if w1 else 0))
-    if not ffn_dim:
-        raise CpuinferError(f"{where}: missing 'hidden_dim' and no feed-forward tensor to infer it from")
-    hp = Hparams(
-        name=folder.resolve().name,
-        n_layers=_int(params, "n_layers", where),
-        dim=dim,
-        ffn_dim=ffn_dim,
-        n_heads=n_heads,
-        n_kv_heads=int(params.get("n_kv_heads") or n_heads),
-        head_dim=int(params.get("head_dim") or dim // n_heads),
-        n_vocab=_int(params, "vocab_size", where),
-        rope_theta=float(params.get("rope_theta") or 10000.0),
-        norm_eps=float(params.get("norm_eps", 1e-5)),
-        context_length=int(params.get("max_seq_len") or params.get("max_position_embeddings") or 32768),
-        sliding_window=params.get("sliding_window"),
-        n_experts=int(moe.get("num_experts") or 0),
-        n_experts_used=int(moe.get("num_experts_per_tok") or 0),
-    )
+    hp = consolidated_hparams(params, folder, w1.shape[0] if w1 and len(w1.shape) == 2 else 0)
     source = Source(f"Mistral consolidated checkpoint {folder}")
     _build(source, hp, CONSOLIDATED_NAMES, entries, str(folder), permute_qk=False)
     add_sentencepiece_vocab(source, find_tokenizer_model(folder), hp.n_vocab)
@@ -163,17 +90,15 @@ def open_consolidated(folder: Path) -> Source:
 def _hf_entries(folder: Path) -> dict[str, SafetensorsEntry]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CpuinferError(f"{index}: no weight_map")
+        mapping = weight_map(folder)
         entries: dict[str, SafetensorsEntry] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in sorted(set(mapping.values())):
             if not (folder / shard).is_file():
-                raise CpuinferError(f"{folder}: missing shard {shard} named by model.safetensors.index.json")
+                raise CpuinferError(f"{folder}: missing shard {quote(shard)} named by model.safetensors.index.json")
             entries.update(read_header(str(folder / shard)))
-        for name, shard in weight_map.items():
+        for name, shard in mapping.items():
             if name not in entries:
-                raise CpuinferError(f"{folder / shard}: lacks tensor {name} that the index places there")
+                raise CpuinferError(f"{folder / shard}: lacks tensor {quote(name)} that the index places there")
         return entries
     single = folder / "model.safetensors"
     if single.is_file():
@@ -183,13 +108,21 @@ def _hf_entries(folder: Path) -> dict[str, SafetensorsEntry]:
     raise CpuinferError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
+def _check_counts(hp: Hparams, names: dict[str, str], entries: dict[str, SafetensorsEntry], where: str) -> None:
+    """The config's layer and expert counts against the tensors present: a count too low would silently
+    convert part of the model."""
+    layer = re.compile(re.escape(names["attn_norm"].split("{i}")[0]) + r"(\d+)\.")
+    for count, label, find in ((hp.n_layers, "layer", layer.match), (hp.n_experts, "expert", _EXPERT.search)):
+        found = {int(m.group(1)): name for name, m in zip(entries, map(find, entries)) if m}
+        if found and max(found) >= count:
+            raise CpuinferError(f"{where}: the config gives {count} {label}(s), but the checkpoint has a tensor "
+                                f"for {label} {max(found)}: {quote(found[max(found)])}")
+
+
 def _build(source: Source, hp: Hparams, names: dict[str, str], entries: dict[str, SafetensorsEntry],
            where: str, permute_qk: bool) -> None:
     """Architecture metadata and the tensor list, each tensor checked for presence and shape."""
-    if hp.n_heads % hp.n_kv_heads or hp.head_dim % 2:
-        raise CpuinferError(f"{where}: {hp.n_heads} heads, {hp.n_kv_heads} kv heads, head_dim {hp.head_dim} do not fit")
-    if hp.n_experts and not 0 < hp.n_experts_used <= hp.n_experts:
-        raise CpuinferError(f"{where}: {hp.n_experts_used} experts per token of {hp.n_experts}")
+    _check_counts(hp, names, entries, where)
     add_llama_metadata(source, hp)
 
     def matrix(key: str, shape: tuple[int, ...], **fmt) -> Matrix:

@@ -9,13 +9,14 @@ and reads only the requested rows (bf16 -> float32 is a 16-bit shift).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from cpuinfer.errors import CpuinferError
+from cpuinfer.errors import CpuinferError, quote
 
 DTYPES = {"BF16": (np.uint16, 2), "F16": (np.float16, 2), "F32": (np.float32, 4), "F64": (np.float64, 8)}
 MAX_HEADER = 100 << 20
@@ -41,10 +42,13 @@ class SafetensorsEntry:
         if not 0 <= r0 <= r1 <= rows:
             raise ValueError(f"rows {r0}:{r1} out of range for {self.name} {self.shape}")
         per_row = self.row_bytes
-        with open(self.path, "rb") as f:
-            data = os.pread(f.fileno(), (r1 - r0) * per_row, self.start + r0 * per_row)
+        try:
+            with open(self.path, "rb") as f:
+                data = os.pread(f.fileno(), (r1 - r0) * per_row, self.start + r0 * per_row)
+        except OSError as e:
+            raise CpuinferError(f"{self.path}: cannot read {quote(self.name)} ({e.strerror})") from None
         if len(data) != (r1 - r0) * per_row:
-            raise CpuinferError(f"{self.path}: truncated while reading {self.name}")
+            raise CpuinferError(f"{self.path}: truncated while reading {quote(self.name)}")
         raw = np.frombuffer(data, dtype=np_dtype)
         if self.dtype == "BF16":
             out = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -69,8 +73,8 @@ def read_header(path: str) -> dict[str, SafetensorsEntry]:
             if n > MAX_HEADER or 8 + n > size:
                 raise CpuinferError(f"{path}: corrupt or truncated safetensors header (length {n}, file {size} bytes)")
             header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CpuinferError(f"{path}: corrupt safetensors header ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CpuinferError(f"{path}: corrupt safetensors header ({quote(str(e), 120)})") from None
     except OSError as e:
         raise CpuinferError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(header, dict):
@@ -80,18 +84,24 @@ def read_header(path: str) -> dict[str, SafetensorsEntry]:
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = spec["dtype"], tuple(int(d) for d in spec["shape"]), spec["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CpuinferError(f"{path}: corrupt safetensors entry for {name}") from None
-        if dtype not in DTYPES:
-            raise CpuinferError(f"{path}: tensor {name} has unsupported dtype {dtype} "
+        fields = spec if isinstance(spec, dict) else {}
+        dtype, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise CpuinferError(f"{path}: corrupt safetensors entry for {quote(name)}: {quote(spec, 120)}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise CpuinferError(f"{path}: tensor {quote(name)} has unsupported dtype {quote(dtype)} "
                                 f"(cpuinfer reads {', '.join(DTYPES)})")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if end - begin != count * DTYPES[dtype][1] or begin < 0 or any(d < 0 for d in shape):
-            raise CpuinferError(f"{path}: corrupt safetensors entry for {name} (offsets {begin}..{end}, shape {shape})")
+        shape, (begin, end) = tuple(shape), offsets
+        if end - begin != math.prod(shape) * DTYPES[dtype][1]:
+            raise CpuinferError(f"{path}: corrupt safetensors entry for {quote(name)} (offsets {begin}..{end}, "
+                                f"shape {list(shape)})")
         if base + end > size:
-            raise CpuinferError(f"{path}: truncated safetensors file: {name} ends at byte {base + end}, "
+            raise CpuinferError(f"{path}: truncated safetensors file: {quote(name)} ends at byte {base + end}, "
                                 f"the file has {size}")
         entries[name] = SafetensorsEntry(path, name, dtype, shape, base + begin, end - begin)
     return entries
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63

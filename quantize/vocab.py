@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,9 @@ import sentencepiece as spm
 from gguf.constants import GGUFValueType as VT
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from cpuinfer.errors import CpuinferError
+from cpuinfer.errors import CpuinferError, quote
 
+from .hf_config import TokenizerConfig
 from .source import Source
 
 # llama.cpp's token types
@@ -26,19 +26,23 @@ def find_tokenizer_model(folder: Path) -> Path:
 
 
 def add_sentencepiece_vocab(source: Source, model_path: Path, vocab_size: int, bos_id: int | None = None,
-                            eos_id: int | None = None, tokenizer_config: dict | None = None) -> None:
+                            eos_id: int | None = None, config: TokenizerConfig = TokenizerConfig()) -> None:
     """Write tokenizer.ggml.* keys for `model_path`, padded to the model's vocab_size as llama.cpp does."""
     try:
         sp = spm.SentencePieceProcessor(model_file=str(model_path))
         proto = pb.ModelProto.FromString(model_path.read_bytes())
     except Exception as e:  # sentencepiece raises RuntimeError/OSError with its own text
-        raise CpuinferError(f"{model_path}: not a SentencePiece model ({e})") from None
+        raise CpuinferError(f"{model_path}: not a SentencePiece model ({quote(str(e), 200)})") from None
     n = sp.vocab_size()
     if n > vocab_size:
         raise CpuinferError(f"{model_path} has {n} tokens but the model's vocab_size is {vocab_size}")
-    tokens, scores, types = [], [], []
+    try:  # sentencepiece loads a piece that is not UTF-8 and fails only when asked for its text
+        tokens = [sp.id_to_piece(i) for i in range(n)]
+    except UnicodeDecodeError as e:
+        raise CpuinferError(f"{model_path}: not a SentencePiece model (a piece is not UTF-8: "
+                            f"{quote(e.object[max(e.start - 8, 0):e.end + 8])})") from None
+    scores, types = [], []
     for i in range(n):
-        tokens.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
         types.append(UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else
                      UNUSED if sp.is_unused(i) else BYTE if sp.is_byte(i) else NORMAL)
@@ -46,7 +50,6 @@ def add_sentencepiece_vocab(source: Source, model_path: Path, vocab_size: int, b
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(UNUSED)
-    config = tokenizer_config or {}
     source.set("tokenizer.ggml.model", "llama", VT.STRING)
     source.set("tokenizer.ggml.pre", "default", VT.STRING)
     source.set("tokenizer.ggml.tokens", tokens, VT.ARRAY, VT.STRING)
@@ -57,20 +60,8 @@ def add_sentencepiece_vocab(source: Source, model_path: Path, vocab_size: int, b
                        ("unknown_token_id", sp.unk_id())):
         if value is not None and 0 <= value < vocab_size:
             source.set(f"tokenizer.ggml.{key}", int(value), VT.UINT32)
-    source.set("tokenizer.ggml.add_bos_token", bool(config.get("add_bos_token", True)), VT.BOOL)
-    source.set("tokenizer.ggml.add_eos_token", bool(config.get("add_eos_token", False)), VT.BOOL)
+    source.set("tokenizer.ggml.add_bos_token", config.add_bos, VT.BOOL)
+    source.set("tokenizer.ggml.add_eos_token", config.add_eos, VT.BOOL)
     source.set("tokenizer.ggml.add_space_prefix", bool(proto.normalizer_spec.add_dummy_prefix), VT.BOOL)
-    template = config.get("chat_template")
-    if isinstance(template, list):  # [{"name": ..., "template": ...}]
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if isinstance(template, str) and template:
-        source.set("tokenizer.chat_template", template, VT.STRING)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CpuinferError(f"missing {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CpuinferError(f"{path}: not valid JSON ({e})") from None
+    if config.chat_template:
+        source.set("tokenizer.chat_template", config.chat_template, VT.STRING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cpuinfer.chat_template import BUILTIN, ChatTemplate
@@ -116,3 +118,73 @@ def test_llama2_builtin_puts_the_system_prompt_in_the_first_turn(mistral_tokeniz
         "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]"
     ids = t.encode(conv)
     assert ids[0] == 1 and ids.count(2) == 1 and ids.count(1) == 2
+
+
+# --- templates are code from a file: the sandbox's limits --------------------------------------------
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "it ran longer than 2 s"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+     "it ran longer than 2 s"),
+    ("{{ 'a' * 100000000 }}", "a repetition (*) would be 100,000,000 long"),
+    ("{{ ['a'] * 100000000 }}", "a repetition (*) would be 100,000,000 long"),
+    ("{% for i in range(100000) %}{{ 'a' * 1000 }}{% endfor %}", "the output would be 4,001,000 long"),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "a ~ concatenation would be 4,194,304 long"),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+     "a sum (+) would be 4,194,304 long"),
+    ("{{ 'x'|center(1000000000) }}", "the center filter's result would be 1,000,000,000 long"),
+    ("{{ 'x'.ljust(1000000000) }}", "a string method's result would be 1,000,000,000 long"),
+    ("{{ ('x' * 1000)|replace('x', 'y' * 10000) }}", "the replace filter's result would be 10,001,000 long"),
+    ("{{ (['abcd'] * 3000000)|join }}", "the join filter's result would be 12,000,000 long"),
+    ("{{ '{:>999999999}'.format(1) }}", "a str.format has a width of a million or more"),
+    ("{{ '%999999999d' % 1 }}", "a % format has a width of a million or more"),
+    ("{{ '%999999999d'|format(1) }}", "the format filter's result"),
+    ("{{ 7 ** 1000000 }}", "a power (**) would be too large"),
+])
+def test_a_runaway_template_is_stopped(smollm2_tokenizer, source, message):
+    """Nested range() loops once hung --chat for over a minute; 'a' * 100000000 built the string."""
+    t = ChatTemplate(smollm2_tokenizer, source)
+    with pytest.raises(CpuinferError, match="the chat template was stopped: " + re.escape(message)):
+        t.encode(USER)
+
+
+def test_the_limits_leave_ordinary_templates_alone(smollm2_tokenizer):
+    t = ChatTemplate(smollm2_tokenizer, "{{ '-' * 20 }}{% for m in messages %}{{ m.role|upper|center(12) }}"
+                                        "{{ m.content }}{{ ', '.join(['a', 'b']) }}{{ '%3d' % 5 }}{% endfor %}")
+    assert smollm2_tokenizer.decode(t.encode(USER)) == "-" * 20 + "    USER    hia, b  5"
+
+
+def test_a_time_limit_in_another_thread(smollm2_tokenizer):
+    """The limit raises in whichever thread renders (a server's worker), not only in the main thread."""
+    import threading
+
+    t = ChatTemplate(smollm2_tokenizer, "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                                        "{% endfor %}")
+    errors = []
+    worker = threading.Thread(target=lambda: errors.append(pytest.raises(CpuinferError, t.encode, USER)))
+    worker.start()
+    worker.join()
+    assert "ran longer than 2 s" in str(errors[0].value)
+
+
+@pytest.mark.parametrize("source", [
+    "\ue0000\ue001{% for m in messages %}{{ m.content }}{% endfor %}",
+    "\ue000" + "9" * 30 + "\ue001{% for m in messages %}{{ m.content }}{% endfor %}",
+    "\ue000\ue001\ue000{{ messages[0].content }}\ue001",
+    "{% for m in messages %}{{ m.content[:-1] }}7\ue001{{ m.content }}{% endfor %}",
+])
+def test_private_use_characters_in_a_template(smollm2_tokenizer, source):
+    """The placeholders for message contents are private-use characters; a template's own ones stay text."""
+    t = ChatTemplate(smollm2_tokenizer, source)
+    text = smollm2_tokenizer.decode(t.encode(USER))
+    assert text.count("hi") >= 1 and "Traceback" not in text
+
+
+def test_a_template_with_lone_surrogates_is_an_error(smollm2_tokenizer):
+    t = ChatTemplate(smollm2_tokenizer, "{{ '\\udcff' }}{{ messages[0].content }}")
+    with pytest.raises(CpuinferError, match="not valid UTF-8"):
+        t.encode(USER)

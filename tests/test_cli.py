@@ -133,3 +133,118 @@ def test_chat_repl_in_a_terminal(smollm2):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+# --- every number, every text: one clear error line ------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temp", "nan"], "temperature (--temp, /temp) must be a finite number >= 0, not nan"),
+    (["--temp", "inf"], "temperature (--temp, /temp) must be a finite number >= 0, not inf"),
+    (["--min-p", "2"], "min_p (--min-p, /min_p) must be a finite number in 0..1, not 2.0"),
+    (["--min-p", "nan"], "min_p (--min-p, /min_p) must be a finite number in 0..1, not nan"),
+    (["--top-p", "nan"], "top_p (--top-p, /top_p) must be a finite number in 0..1, not nan"),
+    (["--repeat-penalty", "0"], "repeat_penalty (--repeat-penalty, /repeat_penalty) must be a finite number > 0"),
+    (["--top-k", "-3"], "top_k (--top-k, /top_k) must be an integer >= 0, not -3"),
+    (["--seed", "-9"], "seed (--seed, /seed) must be an integer in -1.."),
+    (["-n", "-2"], "max_tokens (-n/--max-tokens) must be an integer >= -1, not -2"),
+    (["--threads", "-2"], "threads (--threads/-t) must be an integer >= 1, not -2"),
+    (["--ctx", "-5"], "the context must be 1..8192 tokens"),
+])
+def test_generate_refuses_out_of_range_numbers(smollm2, flags, message):
+    assert_one_line_error(run("generate", smollm2, "hi", *flags), message)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-p", "-1"], "-p/-n (prompt and generated lengths) must be an integer >= 0, not -1"),
+    (["-n", "-5"], "-p/-n (prompt and generated lengths) must be an integer >= 0, not -5"),
+    (["-r", "0"], "-r/--reps must be an integer >= 1, not 0"),
+    (["-t", "0"], "-t/--threads must be an integer >= 1, not 0"),
+])
+def test_bench_refuses_out_of_range_numbers(smollm2, flags, message):
+    assert_one_line_error(run("bench", smollm2, *flags), message)
+
+
+def test_generate_n_zero_reads_the_prompt_and_generates_nothing(smollm2):
+    r = run("generate", smollm2, "The capital of France is", "-n", "0", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["text"] == "" and out["generated_tokens"] == 0 and out["prompt_tokens"] == 5
+    assert out["stop_reason"] == "max tokens"
+
+
+def test_generate_n_minus_one_runs_until_the_context_is_full(converted):
+    r = run("generate", converted("llama", "q8_0"), "Hello there", "-n", "-1", "--ctx", "12", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["stop_reason"] == "context full" and out["generated_tokens"] == 12 - out["prompt_tokens"] + 1
+
+
+@pytest.mark.parametrize("ctx", ["1", "2"])
+def test_a_tiny_context_is_reported_from_the_users_prompt(smollm2, ctx):
+    """The warm-up while loading fits any context; the prompt that does not fit is what is reported."""
+    assert_one_line_error(run("generate", smollm2, "The capital of France is", "--ctx", ctx),
+                          f"the prompt has 5 tokens; the context holds {ctx}")
+    r = run("chat", smollm2, "--ctx", ctx, "--no-color", input="Hello\n/exit\n")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "context full: the conversation needs" in r.output and f"tokens of {ctx}" in r.output
+
+
+def test_text_that_is_not_utf8_is_refused_where_it_came_from(smollm2, tmp_path):
+    """argv arrives with surrogate escapes of invalid bytes, stdin as bytes: both are refused, never guessed."""
+    assert_one_line_error(run("generate", smollm2, "caf\udce9"),
+                          "the prompt is not valid UTF-8 (byte 0xe9 at character 3); cpuinfer reads text as UTF-8")
+    r = runner.invoke(app, ["generate", str(smollm2), "-"], input=b"caf\xe9 au lait")
+    assert_one_line_error(r, "the prompt on stdin is not valid UTF-8 (byte 0xe9 at offset 3)")
+    assert_one_line_error(run("generate", smollm2, "hi", "--chat", "--system", "\udcff"), "--system is not valid UTF-8")
+    assert_one_line_error(run("generate", smollm2, "hi", "--stop", "a\udcff"), "--stop is not valid UTF-8")
+    template = tmp_path / "latin1.jinja"
+    template.write_bytes("{{ messages[0].content }} caf\xe9".encode("latin-1"))
+    assert_one_line_error(run("generate", smollm2, "hi", "--chat", "--template", template),
+                          f"--template {template} is not valid UTF-8 (byte 0xe9 at offset 29)")
+    r = runner.invoke(app, ["generate", str(smollm2), "-", "-n", "2"], input="café ✓ 日本".encode())
+    assert r.exit_code == 0, r.output
+
+
+def test_chat_commands_check_their_numbers_and_files(smollm2, tmp_path):
+    commands = ["/temp nan", "/min_p 2", "/repeat_penalty 0", "/top_k 1.5", "/top_p x", "/seed -5",
+                f"/save {tmp_path}/missing/chat.json", "/temp 0.5", "/exit"]
+    r = runner.invoke(app, ["chat", str(smollm2), "--no-color"], input="\n".join(commands) + "\n")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    for expected in ("error: temperature (--temp, /temp) must be a finite number >= 0, not nan",
+                     "error: min_p (--min-p, /min_p) must be a finite number in 0..1, not 2.0",
+                     "error: repeat_penalty (--repeat-penalty, /repeat_penalty) must be a finite number > 0",
+                     "error: /top_k needs an integer", "error: /top_p needs a number",
+                     "error: seed (--seed, /seed) must be an integer in -1..",
+                     f"error: cannot save the conversation to {tmp_path}/missing/chat.json",
+                     "temperature = 0.5"):
+        assert expected in r.output, r.output
+
+
+def test_a_line_that_is_not_utf8_is_not_sent(smollm2):
+    r = runner.invoke(app, ["chat", str(smollm2), "--no-color"], input=b"caf\xe9\n/exit\n")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "error: the line is not valid UTF-8 (byte 0xe9 at offset 3); cpuinfer reads text as UTF-8; nothing was " \
+        "sent" in r.output
+
+
+def test_perplexity_error_comes_without_a_progress_line(converted, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("Too short for a window.")
+    r = run("perplexity", converted("llama", "q8_0"), text, "--ctx", "64")
+    assert_one_line_error(r, "fewer than one window of 64")
+    assert r.output.strip().splitlines() == [line for line in r.output.strip().splitlines() if line.startswith("error")]
+
+
+def test_info_on_metadata_of_the_wrong_type(converted, tmp_path):
+    """A token list of integers once crashed `info`; model names with markup or control characters print as text."""
+    from gguf.constants import GGUFValueType as VT
+    from gguf_parts import Parts
+
+    parts = Parts.read(converted("llama", "q8_0"))
+    parts.set("tokenizer.ggml.tokens", list(range(32000)), VT.ARRAY, VT.INT32)
+    parts.set("general.name", "[/bold] [red]x\x1b[2J\n", VT.STRING)
+    r = run("info", parts.write(tmp_path / "odd.gguf"))
+    assert r.exit_code == 0, r.output
+    assert "tokens not an array of strings" in r.output
+    assert "[/bold] [red]" in r.output and "\x1b" not in r.output
+

@@ -15,7 +15,7 @@ import cpuinfer
 import numpy_forward
 from cpuinfer.cli import app
 from cpuinfer.embeddings import embed_tokens
-from test_engine import dequantized_hf_weights
+from gguf_oracle import dequantized_hf_weights
 
 TOL = 1e-5  # float32 rounding of a float64 computation, relative to the vector's largest entry
 
@@ -148,7 +148,7 @@ def test_embed_bad_arguments(smollm2, args, message):
 
 def test_default_pooling_comes_from_the_file(converted, reference, tmp_path):
     from gguf.constants import GGUFValueType as VT
-    from test_bad_models import Parts
+    from gguf_parts import Parts
 
     ids = reference("mistral")["prompt_ids"].tolist()[:20]
     parts = Parts.read(converted("mistral", "q8_0"))

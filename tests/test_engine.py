@@ -7,6 +7,8 @@
   weights of the *same file*, dequantized by gguf-py: cpuinfer keeps activations
   in float32, so quantization must not cost more than float32 rounding.
 * The rolling KV buffer, the context limit, the Mixtral expert counters.
+  These tight comparisons use a float32 KV cache (kv_type="f32"); the default
+  float16 cache and q8_0 are measured against it in test_kv_types.py.
 * The default model (SmolLM2-135M Q4_1) against llama.cpp's logits; its memory
   mapping (resident memory after load) and thread count independence.
 """
@@ -22,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from gguf.quants import dequantize
 
 import checkpoints
 import cpuinfer
 import numpy_forward
+from gguf_oracle import dequantized_hf_weights
 
 KINDS = ("mistral", "mixtral", "llama")
 QUANT_TYPES = ("f16", "q8_0", "q4_0", "q4_1")
@@ -59,46 +61,6 @@ def greedy(model, cache, prompt, n: int) -> list[int]:
     return out
 
 
-# llama.cpp tensor names -> Hugging Face names (the converter's mapping, written out independently)
-_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
-        "output_norm.weight": "model.norm.weight"}
-_LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-          "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-          "ffn_down": "mlp.down_proj", "ffn_gate_inp": "block_sparse_moe.gate"}
-_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
-
-
-def dequantized_hf_weights(path, config: dict) -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file, read by gguf-py and dequantized, under its Hugging Face name and layout.
-
-    llama.cpp stores q/k rows permuted for its interleaved-pair RoPE (Meta's layout);
-    `meta_to_hf_rows` undoes that (checked against the checkpoint on the F32 file).
-    Mixtral's 3-D expert tensors are split per expert.
-    """
-    n_heads = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_heads
-    out = {}
-    for t in GGUFReader(path).tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if t.name in _TOP:
-            out[_TOP[t.name]] = w
-            continue
-        blk, i, kind, _ = t.name.split(".")
-        assert blk == "blk", t.name
-        prefix = f"model.layers.{i}."
-        if kind in _EXPERTS:
-            for e in range(w.shape[0]):
-                out[f"{prefix}block_sparse_moe.experts.{e}.{_EXPERTS[kind]}.weight"] = w[e]
-            continue
-        if kind == "attn_q":
-            w = checkpoints.meta_to_hf_rows(w, n_heads)
-        elif kind == "attn_k":
-            w = checkpoints.meta_to_hf_rows(w, n_kv)
-        out[prefix + _LAYER[kind] + ".weight"] = w
-    return out
-
-
 # --- fixtures --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -109,7 +71,7 @@ def model(converted):
     def get(kind: str, type_name: str = "f32"):
         key = (kind, type_name)
         if key not in loaded:
-            loaded[key] = cpuinfer.load(converted(kind, type_name))
+            loaded[key] = cpuinfer.load(converted(kind, type_name), kv_type="f32")
         return loaded[key]
 
     return get
@@ -130,7 +92,7 @@ def checkpoint_logits():
 
 @pytest.fixture(scope="module")
 def smollm2_model(smollm2):
-    return cpuinfer.load(smollm2)
+    return cpuinfer.load(smollm2, kv_type="f32")
 
 
 # --- 1-3: F32 files against transformers -----------------------------------------------
@@ -261,7 +223,7 @@ def test_sliding_window_cache_rolls_over(converted, reference):
     ref = reference("mistral")
     ids = ref["prompt_ids"]
     assert len(ids) >= 5 * WINDOW
-    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000)
+    m = cpuinfer.load(converted("mistral", "f32"), n_ctx=100_000, kv_type="f32")
     c = m.new_cache()
     assert m.n_ctx == 100_000
     shape = c.k.shape
@@ -289,7 +251,7 @@ def test_sliding_window_cache_rolls_over(converted, reference):
 def test_context_full_without_window(converted, reference):
     ref = reference("llama")
     ids = ref["prompt_ids"]
-    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32)
+    m = cpuinfer.load(converted("llama", "f32"), n_ctx=32, kv_type="f32")
     c = m.new_cache()
     assert c.k.shape[2] == 32
     first = np.concatenate([m.forward(ids[:20], c), m.forward(ids[20:31], c), m.forward(ids[31:32], c)])
@@ -492,7 +454,7 @@ def test_smollm2_matches_llamacpp_computing_in_float(smollm2_model, record_prope
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    import cpuinfer
+    import cpuinfer.model  # numba and the kernels: importing them is not what load() costs
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -548,7 +510,7 @@ def test_thread_count_does_not_change_logits(smollm2):
     ids = np.load(REPO / "tests/fixtures/reference/smollm2_llamacpp_logits.npz")["ids"][:40]
     results = {}
     for threads in (1, 2):
-        m = cpuinfer.load(smollm2, threads=threads)
+        m = cpuinfer.load(smollm2, threads=threads, kv_type="f32")
         c = m.new_cache()
         assert m.threads <= threads
         prefill = m.forward(ids[:37], c)  # batched path: worker threads + BLAS

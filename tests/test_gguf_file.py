@@ -330,3 +330,18 @@ def test_header_prefix_of_real_model(smollm2, tmp_path):
         head = f.read(2 << 20)
     with pytest.raises(GGUFError, match="outside the file"):
         load_bytes(tmp_path / "head.gguf", head)
+
+
+def test_file_strings_in_messages_are_escaped_and_cut(tmp_path):
+    """A flipped byte in a key's length once made `info` print 21 MB of file bytes, NULs and escapes included."""
+    key = "\x00\x1b[2J\n" * 1_000_000
+    with pytest.raises(GGUFError) as e:
+        load_bytes(tmp_path / "bad.gguf", raw_header(0, gguf_str(key) + struct.pack("<I", 13) + b"\0" * 16, 1))
+    message = str(e.value)
+    assert len(message) < len(str(tmp_path)) + 300, message
+    assert "'\\x00\\x1b[2J\\n" in message and "(6,000,000 characters)" in message
+    assert all(c.isprintable() for c in message), message
+    name = "blk.0\x00\r" + "x" * 500
+    with pytest.raises(GGUFError) as e:
+        load_bytes(tmp_path / "bad.gguf", raw_header(1, tensor_entry(name, [32], 4, 0) + b"\0" * 512, 0))
+    assert "tensor 'blk.0\\x00\\r" in str(e.value) and len(str(e.value)) < len(str(tmp_path)) + 300

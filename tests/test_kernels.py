@@ -5,47 +5,85 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
+from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
 
 from cpuinfer.config import ModelConfig
-from cpuinfer.errors import ContextFullError
+from cpuinfer.errors import ContextFullError, CpuinferError
 from cpuinfer.batched_attention import attend_kv_head
 from cpuinfer.kernels import attention as att
-from cpuinfer.kernels import dequant, matvec, nn
+from cpuinfer.kernels import iq4, nn
+from cpuinfer.kernels.kv_store import KV_TYPES, round_to_cache, store_kv
 from cpuinfer.kv_cache import RollingKVCache
+from cpuinfer.linear import _DEQUANT as DEQUANT  # every type's kernels, as linear.py dispatches them
+from cpuinfer.linear import _MATVEC as MATVEC
 from cpuinfer.linear import Linear, embed, matmul
 from cpuinfer.parallel import Workers
 
-MATVEC = {QT.Q8_0: matvec.matvec_q8_0, QT.Q4_0: matvec.matvec_q4_0, QT.Q4_1: matvec.matvec_q4_1,
-          QT.F16: matvec.matvec_f16}
-DEQUANT = {QT.Q8_0: dequant.dequant_rows_q8_0, QT.Q4_0: dequant.dequant_rows_q4_0,
-           QT.Q4_1: dequant.dequant_rows_q4_1, QT.F16: dequant.dequant_rows_f16}
-BLOCK_BYTES = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20}
+FLOAT16 = (QT.F16, QT.BF16)  # given to the kernels as uint16 bits
+# byte offsets of the f16 scales in each block (ggml-common.h)
+F16_SCALES = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2),
+              QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,),
+              QT.IQ4_NL: (0,), QT.IQ4_XS: (0,)}
+QUANTIZABLE = (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1)  # gguf.quants writes these; the others get random codes
 QTYPES = list(MATVEC)
 ROWS = [1, 3, 5, 7, 33]
-KS = [32, 64, 96, 576]
+
+
+def row_lengths(qtype) -> list[int]:
+    """Row lengths to test: whole blocks (256 values for K-quants and IQ4_XS, 32 for BF16's runs)."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    if block == 256:
+        return [256, 768]
+    return [32, 64, 96, 576]
+
+
+def cols(qtype) -> int:
+    """One row length that suits every type."""
+    return 256 if GGML_QUANT_SIZES[qtype][0] == 256 else 96
 
 
 # --- weights -------------------------------------------------------------------
 
 def weights(qtype, rows: int, k: int, rng) -> np.ndarray:
-    """Random weights as the kernels read them: uint8 block rows, or uint16 bits for F16."""
+    """Random weights as the kernels read them: uint8 block rows, or uint16 bits for F16/BF16.
+
+    Types gguf.quants cannot quantize get random codes and random normal f16 scales."""
     dense = rng.standard_normal((rows, k)).astype(np.float32)
     if qtype == QT.F16:
         return dense.astype(np.float16).view(np.uint16)
-    return quantize(dense, qtype)
+    if qtype == QT.BF16:
+        return quantize(dense, qtype).view(np.uint16)
+    if qtype in QUANTIZABLE:
+        return quantize(dense, qtype)
+    return with_scales(qtype, random_blocks(qtype, rows, k, rng), lambda shape: rng.standard_normal(shape) * 0.01)
+
+
+def random_blocks(qtype, rows: int, k: int, rng) -> np.ndarray:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return rng.integers(0, 256, size=(rows, k // block, size), dtype=np.uint8)
+
+
+def with_scales(qtype, blocks: np.ndarray, draw) -> np.ndarray:
+    """blocks [rows, n, bytes] with every f16 scale replaced by draw(shape), as uint8 rows."""
+    for o in F16_SCALES[qtype]:
+        scales = draw(blocks.shape[:2]).astype(np.float16)
+        blocks[:, :, o:o + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(blocks.shape[0], -1)
+
+
+EXTREME_SCALES = np.array([0.0, 6e-8, -6e-8, 1e-4, 1.0, -3.5, 1000.0, 65504.0, -65504.0], dtype=np.float16)
 
 
 def extreme_weights(qtype, rows: int, k: int, rng) -> np.ndarray:
     """Random quant bytes with scales drawn from zero, subnormal, tiny, huge and negative float16 values."""
-    scales = np.array([0.0, 6e-8, -6e-8, 1e-4, 1.0, -3.5, 1000.0, 65504.0, -65504.0], dtype=np.float16)
-    if qtype == QT.F16:
-        return rng.choice(scales, size=(rows, k)).view(np.uint16)
-    w = rng.integers(0, 256, size=(rows, k // 32, BLOCK_BYTES[qtype]), dtype=np.uint8)
-    n_scales = 2 if qtype == QT.Q4_1 else 1
-    w[:, :, : 2 * n_scales] = rng.choice(scales, size=(rows, k // 32, n_scales)).view(np.uint8)
-    w[0, 0] = 0  # one all-zero block
-    return w.reshape(rows, -1)
+    if qtype in FLOAT16:
+        values = rng.choice(EXTREME_SCALES, size=(rows, k))
+        return values.view(np.uint16) if qtype == QT.F16 else quantize(values.astype(np.float32), qtype).view(np.uint16)
+    blocks = random_blocks(qtype, rows, k, rng)
+    w = with_scales(qtype, blocks, lambda shape: rng.choice(EXTREME_SCALES, size=shape))
+    w[0, :GGML_QUANT_SIZES[qtype][1]] = 0  # one all-zero block
+    return w
 
 
 def dense(qtype, w: np.ndarray) -> np.ndarray:
@@ -77,7 +115,7 @@ def run_matvec(qtype, w, x):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_matches_numpy(qtype, rows):
     rng = np.random.default_rng(rows)
-    for k in KS:
+    for k in row_lengths(qtype):
         w, x = weights(qtype, rows, k, rng), rng.standard_normal(k).astype(np.float32)
         assert_close_to_scale(run_matvec(qtype, w, x), *reference_matvec(dense(qtype, w), x))
 
@@ -85,16 +123,18 @@ def test_matvec_matches_numpy(qtype, rows):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_extreme_scales_and_zero_blocks(qtype):
     rng = np.random.default_rng(7)
+    k = cols(qtype)
     for rows in (5, 33):
-        w = extreme_weights(qtype, rows, 96, rng)
-        x = (rng.standard_normal(96) * 10.0 ** rng.integers(-3, 4, 96)).astype(np.float32)
+        w = extreme_weights(qtype, rows, k, rng)
+        x = (rng.standard_normal(k) * 10.0 ** rng.integers(-3, 4, k)).astype(np.float32)
         assert_close_to_scale(run_matvec(qtype, w, x), *reference_matvec(dense(qtype, w), x))
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_matvec_all_zero_weights(qtype):
-    w = np.zeros_like(weights(qtype, 7, 64, np.random.default_rng(0)))
-    out = run_matvec(qtype, w, np.ones(64, dtype=np.float32))
+    k = cols(qtype)
+    w = np.zeros_like(weights(qtype, 7, k, np.random.default_rng(0)))
+    out = run_matvec(qtype, w, np.ones(k, dtype=np.float32))
     assert np.array_equal(out, np.zeros(7, dtype=np.float32))
 
 
@@ -103,20 +143,38 @@ def test_matvec_all_zero_weights(qtype):
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 @pytest.mark.parametrize("make", [weights, extreme_weights], ids=["random", "extreme"])
 def test_dequant_rows_bit_exact(qtype, make):
-    w = make(qtype, 9, 96, np.random.default_rng(5))
+    k = cols(qtype)
+    w = make(qtype, 9, k, np.random.default_rng(5))
     ref = dense(qtype, w)
     for r0, n in [(0, 9), (3, 4), (8, 1)]:
-        out = np.full((n, 96), np.nan, dtype=np.float32)
+        out = np.full((n, k), np.nan, dtype=np.float32)
         DEQUANT[qtype](w, r0, out)
         assert_bit_exact(out, ref[r0:r0 + n])
 
 
 def assert_bit_exact(out, ref):
     """Identical float32 bits, except that 0.0 may stand for -0.0: Q4_0 computes d*q - 8d where gguf
-    computes d*(q - 8), which is -0.0 for q = 8 and d < 0 (and for d = -0.0)."""
+    computes d*(q - 8), which is -0.0 for q = 8 and d < 0 (and for d = -0.0); the K-quants add an offset of
+    0.0 where gguf has none."""
     nonzero = ref != 0
     assert np.array_equal(out.view(np.uint32)[nonzero], ref.view(np.uint32)[nonzero])
     assert not out[~nonzero].any()
+
+
+def test_iq4_levels_are_exact():
+    """The IQ4 kernels compute ggml's 16 levels with a rounded polynomial: it must hit every one exactly."""
+    from numba import njit
+
+    from gguf.quants import IQ4_NL
+
+    @njit
+    def levels(out):
+        for q in range(16):
+            out[q] = iq4.level(np.uint8(q))
+
+    out = np.empty(16, dtype=np.float32)
+    levels(out)
+    assert out.tolist() == list(IQ4_NL.kvalues)
 
 
 def test_half_to_float_is_exact_for_every_bit_pattern():
@@ -153,10 +211,11 @@ def linear(qtype, rows, cols, rng) -> tuple[Linear, np.ndarray]:
 @pytest.mark.parametrize("qtype", [QT.F32] + QTYPES, ids=lambda q: q.name)
 def test_matmul_matches_numpy(qtype, tile_floats):
     rng = np.random.default_rng(11)
-    workers = Workers(2, widest_row=1, tile_floats=2 * tile_floats)  # tile_floats per worker
-    lin, wd = linear(qtype, 13, 96, rng)
+    k = cols(qtype)
+    workers = Workers(2, widest_row=1, tile_floats=2 * tile_floats * k // 96)  # tile_floats per worker, for 96
+    lin, wd = linear(qtype, 13, k, rng)
     for T in (1, 2, 3, 17):
-        x = rng.standard_normal((T, 96)).astype(np.float32)
+        x = rng.standard_normal((T, k)).astype(np.float32)
         out = np.full((T, 13), np.nan, dtype=np.float32)
         assert matmul(lin, x, out, workers) is out
         for t in range(T):
@@ -165,9 +224,10 @@ def test_matmul_matches_numpy(qtype, tile_floats):
 
 @pytest.mark.parametrize("qtype", [QT.F32] + QTYPES, ids=lambda q: q.name)
 def test_embed_rows(qtype):
-    lin, wd = linear(qtype, 13, 96, np.random.default_rng(8))
+    k = cols(qtype)
+    lin, wd = linear(qtype, 13, k, np.random.default_rng(8))
     ids = np.array([12, 0, 5, 5])
-    out = np.full((4, 96), np.nan, dtype=np.float32)
+    out = np.full((4, k), np.nan, dtype=np.float32)
     embed(lin, ids, out)
     assert_bit_exact(out, wd[ids])
 
@@ -256,9 +316,13 @@ def attention_case(rng, H, G, D, p0, T, S):
     return q, k_all, v_all, k_cache, v_cache
 
 
-def run_attention(kind, q, k_new, v_new, k_cache, v_cache, p0, window):
+def run_attention(kind, q, k_new, v_new, k_cache, v_cache, p0, window, k_scales=None, v_scales=None):
+    """Attention through the decode kernel or the BLAS one; a float32 cache needs no scales."""
     out = np.full(q.shape, np.nan, dtype=np.float32)
-    args = (q, k_new, v_new, k_cache, v_cache, p0, window, out)
+    no_scales = np.zeros((k_cache.shape[0], 1, 1), np.float32)
+    k_scales = no_scales if k_scales is None else k_scales
+    v_scales = no_scales if v_scales is None else v_scales
+    args = (q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0, window, out)
     if kind == "parallel":  # the numba kernel decoding uses
         att.attention(*args)
     else:  # what prompt chunks use: BLAS, one kv head at a time
@@ -308,12 +372,15 @@ def test_sliding_window_boundary(kind, p0, T):
     assert out[-1, 0, 1] == 0.0
 
 
+NO_SCALES = np.zeros((2, 1, 1), np.float32)  # a float32 cache keeps no scales
+
+
 def test_store_kv_writes_rolling_slots():
     rng = np.random.default_rng(9)
     G, S, D = 2, 8, 4
     k_cache, v_cache = np.zeros((G, S, D), np.float32), np.zeros((G, S, D), np.float32)
     k_new, v_new = rng.standard_normal((5, G, D)).astype(np.float32), rng.standard_normal((5, G, D)).astype(np.float32)
-    att.store_kv(k_cache, v_cache, k_new, v_new, 6)  # positions 6..10 -> slots 6, 7, 0, 1, 2
+    store_kv(k_cache, NO_SCALES, v_cache, NO_SCALES, k_new, v_new, 6)  # positions 6..10 -> slots 6, 7, 0, 1, 2
     for t, slot in enumerate([6, 7, 0, 1, 2]):
         assert np.array_equal(k_cache[:, slot], k_new[t]) and np.array_equal(v_cache[:, slot], v_new[t])
     assert not k_cache[:, 3:6].any() and not v_cache[:, 3:6].any()
@@ -322,23 +389,45 @@ def test_store_kv_writes_rolling_slots():
 def test_store_kv_chunk_longer_than_buffer_keeps_the_latest():
     k_new = np.arange(20, dtype=np.float32).reshape(20, 1, 1)
     k_cache, v_cache = np.zeros((1, 8, 1), np.float32), np.zeros((1, 8, 1), np.float32)
-    att.store_kv(k_cache, v_cache, k_new, -k_new, 0)
+    store_kv(k_cache, NO_SCALES, v_cache, NO_SCALES, k_new, -k_new, 0)
     assert k_cache[0, :, 0].tolist() == [16, 17, 18, 19, 12, 13, 14, 15]
     assert np.array_equal(v_cache, -k_cache)
 
 
-def test_decode_loop_through_rolling_buffer():
-    """Token by token past the buffer's size: store_kv + attention equal attention over the full history."""
+@pytest.mark.parametrize("kv_type", list(KV_TYPES))
+def test_decode_loop_through_rolling_buffer(kv_type):
+    """Token by token past the buffer's size, for every cache type: store_kv + attention equal attention over
+    the full history of keys/values rounded as the cache stores them (round_to_cache)."""
     rng = np.random.default_rng(12)
-    H, G, D, S = 4, 2, 8, 6
+    H, G, D, S = 4, 2, 32, 6
     n = 15
     k_all, v_all = rng.standard_normal((n, G, D)).astype(np.float32), rng.standard_normal((n, G, D)).astype(np.float32)
     q_all = rng.standard_normal((n, H, D)).astype(np.float32)
-    k_cache, v_cache = np.zeros((G, S, D), np.float32), np.zeros((G, S, D), np.float32)
+    k_cache, v_cache = np.zeros((G, S, D), KV_TYPES[kv_type]), np.zeros((G, S, D), KV_TYPES[kv_type])
+    k_scales, v_scales = np.zeros((G, S, D // 32), np.float32), np.zeros((G, S, D // 32), np.float32)
+    if kv_type != "f32":
+        round_to_cache(k_cache, k_all)
+        round_to_cache(k_cache, v_all)
     for p in range(n):
-        out = run_attention("parallel", q_all[p:p + 1], k_all[p:p + 1], v_all[p:p + 1], k_cache, v_cache, p, S)
+        out = run_attention("parallel" if p % 2 else "batched", q_all[p:p + 1], k_all[p:p + 1], v_all[p:p + 1],
+                            k_cache, v_cache, p, S, k_scales, v_scales)
         np.testing.assert_allclose(out, attention_reference(q_all[p:p + 1], k_all, v_all, p, S), atol=2e-5)
-        att.store_kv(k_cache, v_cache, k_all[p:p + 1], v_all[p:p + 1], p)
+        store_kv(k_cache, k_scales, v_cache, v_scales, k_all[p:p + 1], v_all[p:p + 1], p)
+
+
+def test_cache_types_round_as_documented():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 2, 64)) * rng.choice([1e-3, 1, 300], size=(5, 2, 64))).astype(np.float32)
+    half = x.copy()
+    round_to_cache(np.zeros(1, np.uint16), half)
+    np.testing.assert_array_equal(half, x.astype(np.float16).astype(np.float32))  # nearest even, as numpy
+    q8 = x.copy()
+    round_to_cache(np.zeros(1, np.int8), q8)
+    amax = np.abs(x.reshape(5, 2, 2, 32)).max(axis=3, keepdims=True)
+    assert (np.abs(q8 - x).reshape(5, 2, 2, 32) <= amax / 254 * (1 + 1e-6)).all()  # half a step of amax/127
+    exact = x.copy()
+    round_to_cache(np.zeros(1, np.float32), exact)
+    np.testing.assert_array_equal(exact, x)
 
 
 # --- RollingKVCache -----------------------------------------------------------------
@@ -351,10 +440,16 @@ def config(sliding_window: int) -> ModelConfig:
 
 @pytest.mark.parametrize("window, n_ctx, size", [(0, 48, 48), (16, 48, 16), (64, 48, 48), (48, 48, 48)])
 def test_kv_cache_size(window, n_ctx, size):
-    cache = RollingKVCache(config(window), n_ctx)
-    assert cache.size == cache.window == size
-    assert cache.k.shape == cache.v.shape == (2, 2, size, 4)
-    assert cache.nbytes == 2 * 2 * 2 * size * 4 * 4
+    for kv_type, itemsize in (("f32", 4), ("f16", 2)):
+        cache = RollingKVCache(config(window), n_ctx, kv_type)
+        assert cache.size == cache.window == size
+        assert cache.k.shape == cache.v.shape == (2, 2, size, 4)
+        assert cache.nbytes == 2 * 2 * 2 * size * 4 * itemsize + 2 * 2 * 2 * 4  # + a dummy scale per head
+    assert RollingKVCache(config(window), n_ctx).kv_type == "f16"  # llama.cpp's default
+    with pytest.raises(CpuinferError, match="multiple of 32"):
+        RollingKVCache(config(window), n_ctx, "q8_0")  # head_dim 4
+    with pytest.raises(CpuinferError, match="unknown KV cache type"):
+        RollingKVCache(config(window), n_ctx, "f8")
 
 
 def test_kv_cache_full_without_window():
@@ -377,7 +472,7 @@ def test_kv_cache_with_window_never_fills():
 
 
 def test_kv_cache_store_uses_position():
-    cache = RollingKVCache(config(4), 100)
+    cache = RollingKVCache(config(4), 100, "f32")
     cache.advance(6)
     k = np.ones((1, 2, 4), np.float32)
     cache.store(1, k, 2 * k)

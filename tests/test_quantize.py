@@ -476,14 +476,14 @@ def _config_without(key):
 def _missing_shard(tmp, hf):
     src = _copy(hf, tmp)
     (src / SHARD2).unlink()
-    return src, "q8_0", f"missing shard {SHARD2}"
+    return src, "q8_0", f"missing shard '{SHARD2}'"
 
 
 def _index_names_absent_tensor(tmp, hf):
     src = _copy(hf, tmp)
     edit_json(src / "model.safetensors.index.json",
               lambda idx: idx["weight_map"].__setitem__("model.layers.1.mlp.extra.weight", SHARD2))
-    return src, "q8_0", "lacks tensor model.layers.1.mlp.extra.weight"
+    return src, "q8_0", "lacks tensor 'model.layers.1.mlp.extra.weight'"
 
 
 def _tensor_missing_everywhere(tmp, hf):
@@ -534,7 +534,7 @@ def _dtype(st_dtype):
         src = _copy(hf, tmp)
         name = "model.layers.1.self_attn.q_proj.weight"
         rewrite_safetensors_header(src / SHARD2, lambda h: h[name].__setitem__("dtype", st_dtype))
-        return src, "q8_0", f"tensor {name} has unsupported dtype {st_dtype}"
+        return src, "q8_0", f"tensor '{name}' has unsupported dtype '{st_dtype}'"
     return make
 
 
@@ -554,6 +554,14 @@ def _broken_tokenizer(tmp, hf):
     src = _copy(hf, tmp)
     replace_bytes(src / "tokenizer.model", b"not a protobuf" * 100)
     return src, "q8_0", "not a SentencePiece model"
+
+
+def _tokenizer_piece_not_utf8(tmp, hf):
+    src = _copy(hf, tmp)
+    data = (src / "tokenizer.model").read_bytes()
+    at = data.index("\u2581t".encode()) + 1  # inside the 3 bytes of U+2581 in the piece "▁t"
+    replace_bytes(src / "tokenizer.model", data[:at] + b"\xff" + data[at + 1:])
+    return src, "q8_0", "not a SentencePiece model (a piece is not UTF-8"
 
 
 def _consolidated_without_dim(tmp, hf):
@@ -583,6 +591,118 @@ def _unknown_type(tmp, hf):
     return hf("llama"), "q5_k", "unknown type 'q5_k'"
 
 
+def _json_field(file: str, key: str, value, message: str, kind: str = "llama"):
+    """A checkpoint whose JSON `file` has `key` set to `value` ("weight_map.NAME": an entry of the index)."""
+    def make(tmp, hf):
+        src = _copy(hf, tmp, kind)
+        *parents, leaf = key.split(".", 1) if key.startswith("weight_map.") else [key]
+
+        def edit(obj):
+            for k in parents:
+                obj = obj[k]
+            obj[leaf] = value
+        edit_json(src / file, edit)
+        return src, "q8_0", message
+    return make
+
+
+def _whole_json(file: str, data: bytes, message: str):
+    def make(tmp, hf):
+        src = _copy(hf, tmp)
+        replace_bytes(src / file, data)
+        return src, "q8_0", message
+    return make
+
+
+def _consolidated_field(key: str, value, message: str):
+    def make(tmp, hf):
+        src = checkpoints.write_consolidated("mixtral", tmp / "src")
+        edit_json(src / "params.json", lambda p: p.__setitem__(key, value))
+        return src, "q8_0", message
+    return make
+
+
+def _config_is_a_folder(tmp, hf):
+    src = _copy(hf, tmp)
+    (src / "config.json").unlink()
+    (src / "config.json").mkdir()
+    return src, "q8_0", "config.json is a folder, not a JSON file"
+
+
+def _data_offsets_strings(tmp, hf):
+    src = _copy(hf, tmp)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    rewrite_safetensors_header(src / SHARD2, lambda h: h[name].__setitem__("data_offsets", ["0", "8192"]))
+    return src, "q8_0", f"corrupt safetensors entry for '{name}'"
+
+
+# Every field a config.json, params.json, tokenizer_config.json or index gives, of the wrong type or range.
+SCHEMA_CASES = {
+    **{f"{key}-string": _json_field("config.json", key, "4", f"'{key}' is '4' (a string); expected")
+       for key in ("num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "max_position_embeddings",
+                   "sliding_window", "num_local_experts", "num_attention_heads", "vocab_size")},
+    "num_attention_heads-0": _json_field("config.json", "num_attention_heads", 0,
+                                         "'num_attention_heads' is 0 (an integer); expected an integer in 1.."),
+    "num_attention_heads--4": _json_field("config.json", "num_attention_heads", -4, "'num_attention_heads' is -4"),
+    "num_attention_heads-3": _json_field("config.json", "num_attention_heads", 3,
+                                         "the width 64 does not divide into 3 heads"),
+    "num_key_value_heads-3": _json_field("config.json", "num_key_value_heads", 3,
+                                         "4 attention heads do not divide into 3 kv heads"),
+    "head_dim-odd": _json_field("config.json", "head_dim", 15, "head dimension 15 is odd"),
+    "num_hidden_layers--1": _json_field("config.json", "num_hidden_layers", -1, "'num_hidden_layers' is -1"),
+    "num_hidden_layers-0": _json_field("config.json", "num_hidden_layers", 0, "'num_hidden_layers' is 0"),
+    "num_hidden_layers-1": _json_field("config.json", "num_hidden_layers", 1,
+                                       "the config gives 1 layer(s), but the checkpoint has a tensor for layer 1"),
+    "num_hidden_layers-float": _json_field("config.json", "num_hidden_layers", 2.0, "'num_hidden_layers' is 2.0"),
+    "max_position_embeddings--5": _json_field("config.json", "max_position_embeddings", -5,
+                                              "'max_position_embeddings' is -5"),
+    "max_position_embeddings-2^40": _json_field("config.json", "max_position_embeddings", 2**40,
+                                                "expected an integer in 1..4294967295"),
+    "sliding_window--3": _json_field("config.json", "sliding_window", -3, "'sliding_window' is -3", "mistral"),
+    "rope_theta--1": _json_field("config.json", "rope_theta", -1, "'rope_theta' is -1 (an integer); expected a "
+                                                                  "finite number > 0"),
+    "rope_theta-NaN": _json_field("config.json", "rope_theta", float("nan"), "'rope_theta' is nan"),
+    "rms_norm_eps-0": _json_field("config.json", "rms_norm_eps", 0, "'rms_norm_eps' is 0"),
+    "num_local_experts-null": _json_field("config.json", "num_local_experts", None,
+                                          "the config gives 0 expert(s), but the checkpoint has a tensor for "
+                                          "expert 3", "mixtral"),
+    "num_local_experts-2": _json_field("config.json", "num_local_experts", 2, "a tensor for expert 3", "mixtral"),
+    "num_experts_per_tok-5": _json_field("config.json", "num_experts_per_tok", 5, "5 experts per token of 4",
+                                         "mixtral"),
+    "architectures-int": _json_field("config.json", "architectures", 5, "'architectures' is 5 (an integer)"),
+    "architectures-empty": _json_field("config.json", "architectures", [], "'architectures' is []"),
+    "rope_scaling-string": _json_field("config.json", "rope_scaling", "linear",
+                                       "'rope_scaling': expected a JSON object, found a string"),
+    "rope_scaling-linear": _json_field("config.json", "rope_scaling", {"type": "linear", "factor": 2.0},
+                                       "rope_scaling {'type': 'linear', 'factor': 2.0} is not supported"),
+    "tie_word_embeddings-string": _json_field("config.json", "tie_word_embeddings", "false",
+                                              "'tie_word_embeddings' is 'false' (a string); expected true or false"),
+    "bos_token_id-outside": _json_field("config.json", "bos_token_id", 32000, "'bos_token_id' is 32000"),
+    "name-list": _json_field("config.json", "_name_or_path", ["x"], "'_name_or_path' is ['x'] (a list)"),
+    "config-list": _whole_json("config.json", b"[1, 2]", "config.json: expected a JSON object, found a list"),
+    "config-not-json": _whole_json("config.json", b"{", "config.json: not valid JSON"),
+    "config-deeply-nested": _whole_json("config.json", b"[" * 100000, "config.json: not valid JSON"),
+    "config-not-utf8": _whole_json("config.json", b'{"a": "\xff"}', "config.json: not valid JSON"),
+    "config-a-folder": _config_is_a_folder,
+    "index-list": _whole_json("model.safetensors.index.json", b"[]", "index.json: expected a JSON object"),
+    "index-shard-int": _json_field("model.safetensors.index.json", "weight_map.lm_head.weight", 5,
+                                   "tensor 'lm_head.weight' is placed in 5; expected the file name of a shard"),
+    "index-shard-outside": _json_field("model.safetensors.index.json", "weight_map.lm_head.weight", "../x",
+                                       "is placed in '../x'"),
+    "tokenizer_config-list": _whole_json("tokenizer_config.json", b'["a"]', "tokenizer_config.json: expected a "
+                                                                            "JSON object, found a list"),
+    "chat_template-[1]": _json_field("tokenizer_config.json", "chat_template", [1],
+                                     "chat_template entry: expected a JSON object, found an integer"),
+    "chat_template-int": _json_field("tokenizer_config.json", "chat_template", 7, "'chat_template' is 7"),
+    "add_bos_token-string": _json_field("tokenizer_config.json", "add_bos_token", "yes", "'add_bos_token' is 'yes'"),
+    "data_offsets-strings": _data_offsets_strings,
+    "params-n_heads-string": _consolidated_field("n_heads", "4", "params.json: 'n_heads' is '4' (a string)"),
+    "params-moe-string": _consolidated_field("moe", "x", "'moe': expected a JSON object, found a string"),
+    "params-head_dim-0": _consolidated_field("head_dim", 0, "'head_dim' is 0"),
+    "params-norm_eps-negative": _consolidated_field("norm_eps", -1e-5, "'norm_eps' is -1e-05"),
+}
+
+
 BAD_INPUTS = {
     "missing-source": _missing_source,
     "empty-folder": _empty_folder,
@@ -604,11 +724,13 @@ BAD_INPUTS = {
     "odd-rows-q4_1": _odd_rows("q4_1"),
     "missing-tokenizer": _missing_tokenizer,
     "broken-tokenizer": _broken_tokenizer,
+    "tokenizer-piece-not-utf8": _tokenizer_piece_not_utf8,
     "consolidated-without-dim": _consolidated_without_dim,
     "consolidated-without-weights": _consolidated_without_weights,
     "not-gguf": _not_gguf,
     "truncated-gguf": _truncated_gguf,
     "unknown-type": _unknown_type,
+    **SCHEMA_CASES,
 }
 
 
@@ -756,6 +878,83 @@ def test_disk_full_while_writing(hf_checkpoint, tmp_path, monkeypatch):
     _cli_with_failure(monkeypatch, 5, full, tmp_path, seen)
     assert_cli_error(cli_quantize(src, out, "q8_0"), "no room left on the disk")
     assert len(seen) == 5 and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "link to a character device", "link to a folder"])
+def test_force_replaces_only_regular_files(hf_checkpoint, tmp_path, kind):
+    """As root, `-o /dev/null --force` once replaced /dev/null with a regular file."""
+    out = tmp_path / "out.gguf"
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "socket":
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(out))
+    elif kind == "link to a character device":
+        out.symlink_to("/dev/null")
+    else:
+        (tmp_path / "folder").mkdir()
+        out.symlink_to(tmp_path / "folder")
+    before = os.lstat(out)
+    message = {"fifo": "is a FIFO", "socket": "is a socket", "link to a character device": "is a character device",
+               "link to a folder": "is a folder"}[kind]
+    with pytest.raises(CpuinferError, match=message):
+        quantize.convert(hf_checkpoint("llama"), out, "q8_0", force=True)
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0", "--force"), message)
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_dangling_link_is_replaced_with_force(hf_checkpoint, tmp_path):
+    out = tmp_path / "out.gguf"
+    out.symlink_to(tmp_path / "nowhere")
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0"), "already exists")
+    assert cli_quantize(hf_checkpoint("llama"), out, "q8_0", "--force", "-q").exit_code == 0
+    assert out.is_file() and not out.is_symlink()
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys"])
+def test_virtual_file_systems_are_not_a_full_disk(hf_checkpoint, folder):
+    if not Path(folder).is_dir():
+        pytest.skip(f"no {folder}")
+    out = Path(folder) / "model.gguf"
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), out, "q8_0"),
+                     f"{folder} is on a virtual file system (like /proc or /sys), not a disk")
+
+
+def test_read_only_and_forbidden_folders_are_named(hf_checkpoint, tmp_path, monkeypatch):
+    statvfs, access = os.statvfs, os.access
+
+    def read_only(path):
+        st = statvfs(path)
+        return SimpleNamespace(f_flag=st.f_flag | (os.ST_RDONLY if Path(path) == tmp_path else 0),
+                               f_blocks=st.f_blocks)
+
+    monkeypatch.setattr(os, "statvfs", read_only)
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), tmp_path / "m.gguf", "q8_0"),
+                     f"{tmp_path} is on a read-only file system")
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    # root may write anywhere: pretend this folder forbids it
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    assert_cli_error(cli_quantize(hf_checkpoint("llama"), tmp_path / "m.gguf", "q8_0"),
+                     f"no permission to write in {tmp_path}")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("code, message", [
+    (errno.EFBIG, "would be larger than this file system or `ulimit -f` allows (FAT32 stops at 4 GB)"),
+    (errno.EROFS, "is on a read-only file system; nothing was written"),
+    (errno.EACCES, "no permission to write"),
+    (errno.EIO, "cannot write"),
+])
+def test_write_errors_have_their_own_messages(hf_checkpoint, tmp_path, monkeypatch, code, message):
+    src, out = hf_checkpoint("mixtral"), tmp_path / "m.gguf"
+    seen: list[int] = []
+    _cli_with_failure(monkeypatch, 3, OSError(code, os.strerror(code)), tmp_path, seen)
+    assert_cli_error(cli_quantize(src, out, "q8_0"), message)
+    assert "no room" not in message and leftovers(tmp_path) == []
 
 
 def test_interrupt_while_writing(hf_checkpoint, tmp_path, monkeypatch):

@@ -8,9 +8,12 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..bench import add_bandwidth_share, bench_decode, bench_prompt, memory_bandwidth, peak_rss_mb
+from ..errors import one_line
+from ..numbers import checked
 from ..threads import physical_cores
 from . import options as o
 from .common import err_console, load_model, user_errors
@@ -21,14 +24,18 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
           threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
-          ctx: Optional[int] = o.CTX,
+          ctx: Optional[int] = o.CTX, kv_type: str = o.KV_TYPE,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
           debug: bool = o.DEBUG) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
     with user_errors(debug):
-        thread_counts = threads or [physical_cores()]
+        for n in prompt + gen:
+            checked(n, "-p/-n (prompt and generated lengths)", integer=True, lo=0)
+        checked(reps, "-r/--reps", integer=True, lo=1)
+        thread_counts = [checked(t, "-t/--threads", integer=True, lo=1) for t in threads] or [physical_cores()]
         longest = max(prompt + gen + [1])
-        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json)
+        m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
+                       kv_type=kv_type)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
@@ -44,7 +51,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         if as_json:
             print(json.dumps({**info, "results": [r.as_dict() for r in rows]}, indent=1))
             return
-        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=f"{m.config.name or m.path}")
+        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=escape(one_line(m.config.name or m.path)))
         for r in rows:
             notes = []
             if "time_to_first_token_s" in r.extra:

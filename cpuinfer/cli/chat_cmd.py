@@ -9,9 +9,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ..errors import ContextFullError, CpuinferError
+from ..errors import ContextFullError, CpuinferError, one_line
+from ..numbers import token_limit
 from ..session import ChatSession
+from ..text import decode_utf8, utf8_text
 from . import options as o
 from .common import load_model, user_errors
 
@@ -37,20 +40,24 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
          repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
+         kv_type: str = o.KV_TYPE,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
          debug: bool = o.DEBUG) -> None:
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
     with user_errors(debug):
-        m = load_model(model, ctx, threads)
+        system = utf8_text(system, "--system") if system else system
+        settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        token_limit(max_tokens)
+        m = load_model(model, ctx, threads, kv_type=kv_type)
         if template:
             m.tokenizer.use_chat_template(template)
-        settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         session = ChatSession(m, system=system, settings=settings, max_tokens=max_tokens)
     window = f", sliding window {m.config.sliding_window}" if m.config.sliding_window else ""
-    console.print(f"[bold]{m.config.name or m.path}[/] · context {m.n_ctx}{window} · "
-                  f"template {m.tokenizer.chat_template.name} · {m.threads} threads · /help for commands")
+    console.print(f"[bold]{escape(one_line(m.config.name or m.path))}[/] · context {m.n_ctx}{window} · "
+                  f"template {escape(one_line(m.tokenizer.chat_template.name))} · {m.threads} threads · "
+                  "/help for commands")
     Repl(session, console, debug).run()
 
 
@@ -74,6 +81,9 @@ class Repl:
             except KeyboardInterrupt:
                 self.console.print("\n[dim](Ctrl-D or /exit to leave)[/]")
                 continue
+            except CpuinferError as e:
+                self.error(f"{e}; nothing was sent")
+                continue
             if not text.strip():
                 continue
             if text.startswith("/"):
@@ -83,11 +93,20 @@ class Repl:
             self.reply(text)
 
     def read(self) -> str:
-        lines = [input(">>> ")]
+        """One message (lines ending in \\ continue it), checked to be UTF-8 (see cpuinfer.text)."""
+        lines = [self.read_line(">>> ")]
         while lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1]
-            lines.append(input("... "))
+            lines.append(self.read_line("... "))
         return "\n".join(lines)
+
+    @staticmethod
+    def read_line(prompt: str) -> str:
+        try:
+            return utf8_text(input(prompt), "the line")
+        except UnicodeDecodeError as e:  # input() decodes strictly under a UTF-8 locale (not in UTF-8 mode)
+            decode_utf8(bytes(e.object), "the line")  # raises the CpuinferError that names the byte
+            raise
 
     def reply(self, text: str) -> None:
         s = self.session
@@ -105,7 +124,7 @@ class Repl:
             self.console.print(f"[yellow]{e}[/]")
             return
         except CpuinferError as e:
-            self.console.print(f"[red]error:[/] {e}")
+            self.error(str(e))
             return
         t = s.last.timings if s.last else None
         if t is None:
@@ -136,7 +155,7 @@ class Repl:
             elif name in SETTINGS:
                 field, kind = SETTINGS[name]
                 s.configure(**{field: kind(arg)})
-                out.print(f"[dim]{field} = {kind(arg)}[/]")
+                out.print(f"[dim]{field} = {getattr(s.settings, field)}[/]")
             elif name == "stats":
                 self.stats()
             elif name in ("save", "load"):
@@ -144,14 +163,19 @@ class Repl:
                 if not path:
                     raise CpuinferError(f"/{name} needs a file name")
                 getattr(s, name)(path)
-                out.print(f"[dim]{'saved to' if name == 'save' else 'loaded'} {path}[/]")
+                out.print(f"[dim]{'saved to' if name == 'save' else 'loaded'} {escape(path)}[/]")
             else:
-                out.print(f"unknown command /{name} (try /help)")
-        except ValueError:
-            out.print(f"[red]error:[/] /{name} needs a number")
+                out.print(f"unknown command /{escape(name)} (try /help)")
+        except ValueError:  # int("x"), float("x"), or shlex's unbalanced quotes
+            kind = SETTINGS[name][1] if name in SETTINGS else None
+            self.error(f"/{name} needs " + ("an integer" if kind is int else "a number" if kind else "a file name"))
         except CpuinferError as e:
-            out.print(f"[red]error:[/] {e}")
+            self.error(str(e))
         return None
+
+    def error(self, message: str) -> None:
+        """One line, as the commands print their errors (the terminal wraps it, not rich)."""
+        self.console.print(f"[red]error:[/] {escape(one_line(message))}", soft_wrap=True)
 
     def stats(self) -> None:
         s = self.session

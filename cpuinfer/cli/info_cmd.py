@@ -8,10 +8,11 @@ from collections import defaultdict
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import ModelConfig
-from ..errors import CpuinferError
+from ..errors import CpuinferError, one_line, quote
 from ..gguf_file import GGUFFile
 from .common import user_errors
 
@@ -24,11 +25,11 @@ def info(model: str = typer.Argument(..., help="GGUF file"),
         md = g.metadata
         embd = g.tensors.get("token_embd.weight")
         rows = [("file", f"{model} ({os.path.getsize(model) / 1e6:,.1f} MB, GGUF v{md['GGUF.version']})"),
-                ("name", str(md.get("general.name", ""))),
-                ("architecture", g.architecture or "(none)"),
+                ("name", _shown(md.get("general.name", ""))),
+                ("architecture", _shown(md.get("general.architecture")) or "(none)"),
                 ("parameters", f"{sum(math.prod(t.shape) for t in g.tensors.values()) / 1e6:,.1f} M")]
         try:
-            cfg = ModelConfig.from_metadata(md, embd.shape[0] if embd else 0)
+            cfg = ModelConfig.from_metadata(md, embd.shape[0] if embd else 0, tensor_names=g.tensors)
             rows += [("layers / dim / ffn", f"{cfg.n_layers} / {cfg.dim} / {cfg.ffn_dim}"),
                      ("heads / kv heads / head dim", f"{cfg.n_heads} / {cfg.n_kv_heads} / {cfg.head_dim}"),
                      ("context length", str(cfg.context_length)),
@@ -38,12 +39,15 @@ def info(model: str = typer.Argument(..., help="GGUF file"),
         except CpuinferError as e:
             rows.append(("runnable", f"no: {e}"))
         tokens = md.get("tokenizer.ggml.tokens")
-        rows += [("tokenizer", f"{md.get('tokenizer.ggml.model', 'none')} "
-                               f"({len(tokens) if tokens else 0} tokens, pre={md.get('tokenizer.ggml.pre', '-')})"),
-                 ("chat template", "yes" if md.get("tokenizer.chat_template") else "no (built-in by architecture)")]
+        count = f"{len(tokens)} tokens" if isinstance(tokens, list) else "no token list" if tokens is None \
+            else "tokens not an array of strings"
+        rows += [("tokenizer", f"{_shown(md.get('tokenizer.ggml.model', 'none'))} "
+                               f"({count}, pre={_shown(md.get('tokenizer.ggml.pre', '-'))})"),
+                 ("chat template", "yes" if isinstance(md.get("tokenizer.chat_template"), str)
+                  else "no (built-in by architecture)")]
         summary = Table(show_header=False, box=None)
         for key, value in rows:
-            summary.add_row(f"[bold]{key}[/]", value)
+            summary.add_row(f"[bold]{key}[/]", escape(one_line(value)))
         by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for t in g.tensors.values():
             by_type[t.type_name][0] += 1
@@ -54,3 +58,10 @@ def info(model: str = typer.Argument(..., help="GGUF file"),
         out = Console()
         out.print(summary)
         out.print(types)
+
+
+def _shown(value) -> str:
+    """A metadata value as `info` shows it: short printable text as it is, anything else quoted."""
+    if value is None or (isinstance(value, str) and value.isprintable() and len(value) <= 80):
+        return value
+    return quote(value, 80)

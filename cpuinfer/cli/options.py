@@ -18,6 +18,7 @@ REPEAT_LAST_N = typer.Option(_D.repeat_last_n, "--repeat-last-n", help="how many
 SEED = typer.Option(None, "--seed", help="random seed, for reproducible output")
 CTX = typer.Option(None, "--ctx", help="context length in tokens (default: the model's, at most 4096)")
 THREADS = typer.Option(None, "--threads", "-t", help="threads (default: physical cores)")
+KV_TYPE = typer.Option("f16", "--kv-type", help="KV cache storage: f16 (default, as llama.cpp), f32, or q8_0")
 SYSTEM = typer.Option(None, "--system", help="system prompt")
 TEMPLATE = typer.Option(None, "--template", help="chat template: mistral, chatml, llama2, or a Jinja file")
 DEBUG = typer.Option(False, "--debug", help="show tracebacks")

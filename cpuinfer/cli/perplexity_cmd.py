@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..errors import CpuinferError
 from ..perplexity import perplexity as compute
+from ..text import read_utf8_file
 from . import options as o
 from .common import err_console, load_model, user_errors
 
@@ -21,26 +21,28 @@ def perplexity(model: str = typer.Argument(..., help="GGUF file ('default' for t
                stride: Optional[int] = typer.Option(None, "--stride", help="window step (default: --ctx)"),
                kl_base: Optional[str] = typer.Option(None, "--kl-base", help="a reference GGUF (e.g. F16): "
                                                      "also report KL divergence, ΔPPL and top-1 agreement"),
-               threads: Optional[int] = o.THREADS,
+               threads: Optional[int] = o.THREADS, kv_type: str = o.KV_TYPE,
                as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
                debug: bool = o.DEBUG) -> None:
     """Perplexity of a text file in windows of --ctx tokens, scoring each window's second half."""
     with user_errors(debug):
+        text = read_utf8_file(text_file, "the text file")
+        m = load_model(None if model == "default" else model, n_ctx=ctx, threads=threads, quiet=as_json,
+                       kv_type=kv_type)
+        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json, kv_type=kv_type) if kl_base else None
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=err_console, disable=as_json)
+        task = bar.add_task("perplexity", total=None)
+
+        def on_window(done: int, total: int, r) -> None:
+            ppl, err = r.ppl
+            bar.update(task, completed=done, total=total, description=f"PPL {ppl:.4f} ± {err:.4f}")
+            bar.start()  # only once the first window is scored: an error in the input prints without a bar
+
         try:
-            text = text_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CpuinferError(f"{text_file}: cannot read as UTF-8 text ({e})") from None
-        m = load_model(None if model == "default" else model, n_ctx=ctx, threads=threads, quiet=as_json)
-        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json) if kl_base else None
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, disable=as_json) as bar:
-            task = bar.add_task("perplexity", total=None)
-
-            def on_window(done: int, total: int, r) -> None:
-                ppl, err = r.ppl
-                bar.update(task, completed=done, total=total, description=f"PPL {ppl:.4f} ± {err:.4f}")
-
             result = compute(m, text, ctx=ctx, stride=stride, base=base, on_window=on_window)
+        finally:
+            bar.stop()
         out = result.as_dict()
         if as_json:
             print(json.dumps(out))

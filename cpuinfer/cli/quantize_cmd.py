@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from ..errors import one_line
 from .common import err_console, user_errors
 
 
@@ -35,4 +36,4 @@ def quantize(src: Path = typer.Argument(..., help="Hugging Face folder, Mistral 
         finally:
             bar.stop()
     if not quiet:
-        err_console.print(f"wrote {escape(str(out))} ({out.stat().st_size / 1e6:,.1f} MB)", soft_wrap=True)
+        err_console.print(f"wrote {escape(one_line(str(out)))} ({out.stat().st_size / 1e6:,.1f} MB)", soft_wrap=True)

@@ -4,7 +4,8 @@ This numba kernel serves decoded tokens (and any chunk); prompt chunks use the
 BLAS formulation in batched_attention.py.
 
 The buffer holds the keys/values of earlier positions p at slot p % S (RoPE is
-applied before caching, so order inside the buffer does not matter). A chunk of
+applied before caching, so order inside the buffer does not matter), in any of
+the cache types of kv_store.py. A chunk of
 new tokens attends to the cached positions and to itself; it is written into
 the buffer only afterwards, because its own positions may overwrite slots that
 its earlier queries still need.
@@ -15,11 +16,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .kv_store import kv_get
 from .matvec import U, f32
 
 
 @njit(inline="always")
-def _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg):
+def _attend(q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0, window, out, tg):
     """One (token, kv head) item: the queries of the heads sharing kv head g."""
     T, H, D = q.shape
     G = k_new.shape[1]
@@ -40,7 +42,7 @@ def _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg):
             if kp < p0:
                 slot = kp % S
                 for d in range(D):
-                    s += q[U(t), U(h), U(d)] * k_cache[U(g), U(slot), U(d)]
+                    s += q[U(t), U(h), U(d)] * kv_get(k_cache, k_scales, g, slot, d)
             else:
                 for d in range(D):
                     s += q[U(t), U(h), U(d)] * k_new[U(kp - p0), U(g), U(d)]
@@ -67,33 +69,21 @@ def _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg):
             if kp < p0:
                 slot = kp % S
                 for d in range(D):
-                    out[U(t), U(h), U(d)] += p * v_cache[U(g), U(slot), U(d)]
+                    out[U(t), U(h), U(d)] += p * kv_get(v_cache, v_scales, g, slot, d)
             else:
                 for d in range(D):
                     out[U(t), U(h), U(d)] += p * v_new[U(kp - p0), U(g), U(d)]
 
 
 @njit(parallel=True, fastmath=True, cache=True, error_model="numpy")
-def attention(q, k_new, v_new, k_cache, v_cache, p0, window, out):
+def attention(q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0, window, out):
     """Softmax attention for queries at positions p0 .. p0+T-1, parallel over (token, kv head).
 
     q [T, H, D] and k_new/v_new [T, G, D] belong to the new tokens; k_cache,
-    v_cache [G, S, D] hold positions < p0. The query at position P sees key
+    v_cache [G, S, D] (with their scales, see kv_store.py) hold positions < p0. The query at position P sees key
     positions j with P - window < j <= P (window <= S). Query heads
     h = g*H/G .. (g+1)*H/G - 1 share KV head g, so each key is loaded once for
     the whole group. Writes out [T, H, D].
     """
     for tg in prange(q.shape[0] * k_new.shape[1]):
-        _attend(q, k_new, v_new, k_cache, v_cache, p0, window, out, tg)
-
-
-@njit(cache=True)
-def store_kv(k_cache, v_cache, k_new, v_new, p0):
-    """Write the new tokens' keys/values at slots (p0 + t) % S."""
-    S = k_cache.shape[1]
-    for t in range(k_new.shape[0]):
-        slot = (p0 + t) % S
-        for g in range(k_new.shape[1]):
-            for d in range(k_new.shape[2]):
-                k_cache[U(g), U(slot), U(d)] = k_new[U(t), U(g), U(d)]
-                v_cache[U(g), U(slot), U(d)] = v_new[U(t), U(g), U(d)]
+        _attend(q, k_new, v_new, k_cache, k_scales, v_cache, v_scales, p0, window, out, tg)

@@ -1,9 +1,13 @@
-"""Three things numba does not expose, as small LLVM intrinsics for the kernels.
+"""Things numba does not expose, as small LLVM intrinsics for the kernels.
 
 - `half_to_float(bits)`: an IEEE float16, given as its 16 bits, to float32.
   numba has no float16 type on the CPU; LLVM's `fpext half` is exact and
   becomes the F16C instruction vcvtph2ps, vectorized (F16 matvec went from
   ~4 to ~28 GB/s per thread against a 65536-entry table lookup).
+  `float_to_half(x)` is the other way (`fptrunc`, round to nearest even), for
+  the float16 KV cache.
+- `bfloat_to_float(bits)`: a bfloat16 to float32, i.e. its bits shifted into
+  the high half of a float32 (a bitcast numba cannot write).
 - `stack_zeros(n)`: a float32 array of n elements on the stack. Kernels keep
   per-lane partial sums in it across all blocks of a row; since the inner
   loops index it with constants once unrolled, LLVM promotes it to vector
@@ -35,6 +39,21 @@ def half_to_float(typingctx, bits):
         if bits.bitwidth != 16:
             value = builder.trunc(value, ir.IntType(16))
         return builder.fpext(builder.bitcast(value, ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def bfloat_to_float(typingctx, bits):
+    """float32 of the bfloat16 whose bit pattern is the low 16 bits of the integer `bits`."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        value = builder.zext(builder.trunc(args[0], ir.IntType(16)), i32) if bits.bitwidth != 16 else \
+            builder.zext(args[0], i32)
+        return builder.bitcast(builder.shl(value, ir.Constant(i32, 16)), ir.FloatType())
 
     return types.float32(bits), codegen
 
@@ -76,3 +95,18 @@ def prefetch(typingctx, array, row, col):
         return context.get_dummy_value()
 
     return types.none(array, row, col), codegen
+
+
+@intrinsic
+def float_to_half(typingctx, value):
+    """The float16 bit pattern (uint16) nearest to a float32 (round to nearest even, as F16C's vcvtps2ph)."""
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if value.bitwidth != 32:
+            v = builder.fptrunc(v, ir.FloatType())
+        return builder.bitcast(builder.fptrunc(v, ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(value), codegen

@@ -50,13 +50,14 @@ def _hi(v):
 
 
 @njit(inline="always")
-def _block_sums(x):
-    nb = x.shape[0] // 32
+def _block_sums(x, n=32):
+    """sum(x[b*n:(b+1)*n]) for every block b of n values."""
+    nb = x.shape[0] // n
     s = np.zeros(nb, dtype=np.float32)
     for b in range(nb):
         acc = f32(0)
-        for j in range(32):
-            acc += x[U(b * 32 + j)]
+        for j in range(n):
+            acc += x[U(b * n + j)]
         s[U(b)] = acc
     return s
 

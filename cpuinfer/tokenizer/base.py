@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 
+from ..text import utf8_text
+
 # GGUF token types (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -48,7 +50,7 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         """Token ids of plain `text` (special-token strings in it stay text)."""
-        ids = self._encode_text(text) if text else []
+        ids = self._encode_text(utf8_text(text, "the text")) if text else []
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 
     def split_specials(self, text: str) -> list[str | list[int]]:

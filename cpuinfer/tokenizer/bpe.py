@@ -11,7 +11,7 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from ..errors import GGUFError
+from ..errors import GGUFError, quote
 from .base import Tokenizer
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -31,7 +31,8 @@ class ByteLevelBPETokenizer(Tokenizer):
     def __init__(self, tokens, types, merges, pre, bos_id, eos_id, add_bos, eot_id=None):
         super().__init__(tokens, types, bos_id, eos_id, add_bos, eot_id)
         if pre not in PRE_TOKENIZERS:
-            raise GGUFError(f"unsupported tokenizer.ggml.pre {pre!r}; cpuinfer knows {', '.join(PRE_TOKENIZERS)}")
+            raise GGUFError(f"unsupported tokenizer.ggml.pre {quote(pre)}; "
+                            f"cpuinfer knows {', '.join(PRE_TOKENIZERS)}")
         vocab = {t: i for i, t in enumerate(tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         if any(len(p) != 2 for p in pairs):
@@ -39,7 +40,8 @@ class ByteLevelBPETokenizer(Tokenizer):
         try:
             tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in ("llama-bpe", "llama3")))
         except Exception as e:  # the tokenizers library raises plain Exception, e.g. for a merge of unknown tokens
-            raise GGUFError(f"the vocabulary (tokenizer.ggml.tokens / merges) is not a valid BPE model: {e}") from None
+            raise GGUFError("the vocabulary (tokenizer.ggml.tokens / merges) is not a valid BPE model: "
+                            f"{quote(str(e), 200)}") from None
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

@@ -11,7 +11,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from ..errors import GGUFError
+from ..errors import GGUFError, quote
 from .base import BYTE, CONTROL, UNKNOWN, USER_DEFINED, Tokenizer
 
 _PIECE_TYPE = {1: pb.ModelProto.SentencePiece.NORMAL, UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
@@ -44,7 +44,8 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=_model_proto(tokens, scores, types, add_space_prefix))
         except RuntimeError as e:  # duplicate, empty or malformed pieces
-            raise GGUFError(f"the vocabulary (tokenizer.ggml.tokens) is not a valid SentencePiece model: {e}") from None
+            raise GGUFError("the vocabulary (tokenizer.ggml.tokens) is not a valid SentencePiece model: "
+                            f"{quote(str(e), 200)}") from None
 
     def _encode_text(self, text: str) -> list[int]:
         return self._sp.encode(text)
