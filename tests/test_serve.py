@@ -201,6 +201,7 @@ MESSAGE = {"messages": USER}
     (b'{"messages": [', 400, None),
     (b'\xff\xfe{}', 400, None),
     (b'[1, 2]', 400, None),
+    (b'[' * 100_000 + b']' * 100_000, 400, None),
     ({**MESSAGE, "max_tokens": -5}, 400, "max_tokens"),
     ({**MESSAGE, "temperature": "hot"}, 400, "temperature"),
     ({**MESSAGE, "top_p": 0}, 400, "top_p"),

@@ -70,6 +70,8 @@ def parse_body(raw: bytes) -> dict:
         raise ApiError(400, "the request body is not valid UTF-8", code="invalid_json") from None
     except ValueError as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # json's parser recurses once per nested array or object
+        raise ApiError(400, "the request body nests arrays or objects too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
