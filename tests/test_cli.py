@@ -103,7 +103,9 @@ def test_chat_repl_in_a_terminal(smollm2):
                                            "--ctx", "1024"], encoding="utf-8", timeout=300, dimensions=(40, 120))
     try:
         child.expect(">>> ")
-        child.sendline("What is the capital of France?")
+        # "What is the capital of France?" alone is a near tie between "The" and "L" (logits 25.33 / 25.24 on the
+        # float path, 24.66 / 24.76 on the integer path and in llama.cpp): this wording is not.
+        child.sendline("What is the capital of France? Answer in one sentence.")
         child.expect("Paris")
         child.expect(r"t/s · prompt \d+ tokens")
         child.expect(">>> ")

@@ -58,7 +58,7 @@ def model_path(model: str | None) -> Path:
 
 
 def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False,
-               kv_type: str = "f16"):
+               kv_type: str | None = None, exact: bool = False):
     """Load a model and run its kernels once, with a status line on stderr.
 
     The warm-up compiles the numba kernels on the very first run (~10 s; later
@@ -70,8 +70,8 @@ def load_model(model: str | None, n_ctx: int | None = None, threads: int | None 
     path = model_path(model)
     with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
             else contextlib.nullcontext():
-        m = load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        m = load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact)
         cache = m.new_cache(4)
-        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (dequantize + BLAS path)
+        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (the batched kernels)
         m.forward([0], cache, all_logits=False)  # a decoded token (matvec kernels)
         return m
