@@ -10,9 +10,10 @@ after each run show that the streams share steps: tokens per decode step is
 about the number of streams when the decode step of all of them is one
 batched forward (Model.forward_batch), 1 if they ran one after the other.
 llama.cpp's llama-server (`-np 4`, the same requests) runs side by side when it
-is on PATH, else it is skipped with a message.
+is on PATH, else it is skipped with a message; `--exact` adds cpuinfer's float
+path (`serve --exact`) next to its default integer one.
 
-    python -m bench.serve [MODEL.gguf ...] [-n 64] [--streams 1 2 4] [-r 2] [-t THREADS]
+    python -m bench.serve [MODEL.gguf ...] [-n 64] [--streams 1 2 4] [-r 2] [-t THREADS] [--exact]
     python -m bench.serve /path/mistral-7b-q4_0.gguf -n 16 -r 1
 
 With no MODEL it measures the default model. Results: bench/results/serve.json.
@@ -112,7 +113,7 @@ def measure(engine: Engine, streams: list[int], max_tokens: int, reps: int) -> l
     rows = []
     for n in streams:
         walls, tokens = [], 0
-        before = engine.health().get("stats") if engine.name == "cpuinfer" else None
+        before = engine.health().get("stats") if engine.name.startswith("cpuinfer") else None
         for _ in range(reps):
             wall, tokens = concurrent(engine, n, max_tokens)
             walls.append(wall)
@@ -126,7 +127,7 @@ def measure(engine: Engine, streams: list[int], max_tokens: int, reps: int) -> l
             row["max_batch"] = after["max_batch"]
         rows.append(row)
         extra = f", {row['tokens_per_decode_step']:.2f} tokens per decode step" if before is not None else ""
-        print(f"  {engine.name:9} {n} streams: {row['tokens_per_second']:7.2f} tokens/s{extra}", flush=True)
+        print(f"  {engine.name:16} {n} streams: {row['tokens_per_second']:7.2f} tokens/s{extra}", flush=True)
     return rows
 
 
@@ -137,7 +138,7 @@ def run_model(path: Path | None, args, tmp: Path) -> dict:
            "--parallel", str(parallel)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    engines = [("cpuinfer", cmd)]
+    engines = [("cpuinfer", cmd)] + ([("cpuinfer --exact", cmd + ["--exact"])] if args.exact else [])
     llama_server = shutil.which("llama-server")
     if llama_server is None:
         print("  llama.cpp: skipped (no llama-server on PATH; llama-cpp-python has no multi-slot server)")
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4], help="concurrent streams to try")
     ap.add_argument("-r", "--reps", type=int, default=2, help="runs of each stream count")
     ap.add_argument("-t", "--threads", type=int, default=None, help="threads per server (default: theirs)")
+    ap.add_argument("--exact", action="store_true", help="also cpuinfer's float path (serve --exact)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
     results = []

@@ -20,7 +20,7 @@ def serve(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="CPUINFER_API_KEY",
                                                 help="require 'Authorization: Bearer KEY'"),
           template: Optional[str] = o.TEMPLATE, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-          debug: bool = o.DEBUG) -> None:
+          kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT, debug: bool = o.DEBUG) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions, /v1/embeddings)."""
     from ..serve.app import Server
     from ..serve.scheduler import Scheduler
@@ -33,7 +33,7 @@ def serve(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
             raise CpuinferError(f"--port must be 1..65535, not {port}")
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a background start leaves SIGINT ignored
         sock = listen(host, port)
-        m = load_model(model, ctx, threads)
+        m = load_model(model, ctx, threads, kv_type=kv_type, exact=exact)
         if template:
             m.tokenizer.use_chat_template(template)
         scheduler = Scheduler(m, parallel, m.n_ctx)
@@ -43,7 +43,7 @@ def serve(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
             err_console.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can "
                               "reach this port can use the model")
         err_console.print(f"serving {m.config.name or m.path} at http://{host}:{port}/v1 · {parallel} parallel · "
-                          f"context {m.n_ctx} · template {m.tokenizer.chat_template.name} · {m.threads} threads",
+                          f"context {m.n_ctx} · template {m.tokenizer.chat_template.name} · {m.kernels} · {m.threads} threads",
                           highlight=False, soft_wrap=True)
         run(app, sock, scheduler)
 
