@@ -139,7 +139,8 @@ def test_embeddings_of_a_list_equal_model_embed(server, model):
     np.testing.assert_allclose(np.array([d.embedding for d in got.data]), want, atol=1e-5)
     ids = model.tokenizer.encode("Ships at night", bos=model.tokenizer.add_bos)
     raw = server.post("/v1/embeddings", {"input": [ids], "encoding_format": "float"}).json()
-    np.testing.assert_allclose(raw["data"][0]["embedding"], want[1], atol=1e-5)
+    # alone, its 4 tokens take the decode kernels, whose int8 rounding differs from a batch's (~1e-2)
+    np.testing.assert_allclose(raw["data"][0]["embedding"], model.embed(["Ships at night"])[0], atol=1e-5)
     assert raw["usage"]["prompt_tokens"] == len(ids)
 
 
