@@ -20,6 +20,7 @@ from . import bus_error
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .gguf_file import GGUFFile
+from .kernels import int8_dot
 from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache
 from .linear import MATVEC_MAX_ROWS
 from .parallel import Workers
@@ -35,8 +36,9 @@ class Model:
     """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-                 kv_type: str = DEFAULT_KV_TYPE):
+                 kv_type: str | None = None, exact: bool = False):
         self.path = str(path)
+        self.exact = exact
         self.file = GGUFFile(path)
         md = self.file.metadata
         embd = self.file.tensors.get("token_embd.weight")
@@ -47,13 +49,13 @@ class Model:
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
-        self.weights = load_weights(self.file, self.config)
+        self.weights = load_weights(self.file, self.config, int8=not exact)
         bus_error.install()  # the kernels read the mapping from here on
         self.transformer = Transformer(self.config, self.weights)
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())
-        self.kv_type = kv_type
-        RollingKVCache(self.config, 1, kv_type)  # an unknown or unusable type fails at load, not later
+        self.kv_type = kv_type or ("f32" if exact else DEFAULT_KV_TYPE)
+        RollingKVCache(self.config, 1, self.kv_type)  # an unknown or unusable type fails at load, not later
         self.batch = prompt_batch(self.config)  # tokens per prompt chunk
         self._float32_weights = any(t.ggml_type == QT.F32 and len(t.shape) > 1 for t in self.file.tensors.values())
         self._workers: dict[int, Workers] = {}
@@ -74,6 +76,11 @@ class Model:
             return RollingKVCache(self.config, n_ctx, kv_type or self.kv_type)
         except MemoryError:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
+
+    @property
+    def kernels(self) -> str:
+        """The arithmetic of the matrix products: "int8 (<instructions>)" or "float32"."""
+        return f"int8 ({int8_dot.ISA})" if not self.exact and int8_dot.ISA else "float32"
 
     @property
     def expert_stats(self):
@@ -154,7 +161,13 @@ class Model:
 
 
 def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-         kv_type: str = DEFAULT_KV_TYPE) -> Model:
+         kv_type: str | None = None, exact: bool = False) -> Model:
     """Memory-map a GGUF model. `n_ctx` and `kv_type` are the defaults of new caches: min(trained
-    context, 4096) and float16; `threads` defaults to the physical cores."""
-    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+    context, 4096) and float16; `threads` defaults to the physical cores.
+
+    By default the quantized matrices multiply activations quantized to int8 with integer dot
+    products where the CPU has them (AVX2 or better), as llama.cpp does. `exact=True` keeps the
+    activations in float32, and the KV cache too unless `kv_type` is given: exact up to float32
+    rounding, for references and tests.
+    """
+    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact)

@@ -11,8 +11,9 @@ from .info_cmd import info
 from .models_cmd import models, pull
 from .perplexity_cmd import perplexity
 from .quantize_cmd import quantize
+from .serve_cmd import serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CPU-first quantized LLM inference on GGUF files.")
-for command in (chat, generate, embed, bench, perplexity, imatrix, quantize, info, pull, models):
+for command in (chat, generate, embed, serve, bench, perplexity, imatrix, quantize, info, pull, models):
     app.command()(command)

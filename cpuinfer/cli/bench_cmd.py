@@ -24,7 +24,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
           threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
-          ctx: Optional[int] = o.CTX, kv_type: str = o.KV_TYPE,
+          ctx: Optional[int] = o.CTX, kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
           debug: bool = o.DEBUG) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed, as llama-bench does."""
@@ -35,13 +35,14 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         thread_counts = [checked(t, "-t/--threads", integer=True, lo=1) for t in threads] or [physical_cores()]
         longest = max(prompt + gen + [1])
         m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
-                       kv_type=kv_type)
+                       kv_type=kv_type, exact=exact)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
             rows += [bench_prompt(m, n, reps, rng, threads=t) for n in prompt if n]
             rows += [bench_decode(m, n, reps, rng, threads=t) for n in gen if n]
-        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, peak_rss_mb=peak_rss_mb())
+        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, kernels=m.kernels,
+                    peak_rss_mb=peak_rss_mb())
         for t in thread_counts:
             decode = [r for r in rows if r.threads == t and r.test.startswith("tg")]
             if decode:
@@ -51,7 +52,8 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         if as_json:
             print(json.dumps({**info, "results": [r.as_dict() for r in rows]}, indent=1))
             return
-        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=escape(one_line(m.config.name or m.path)))
+        table = Table("test", "threads", "t/s", "warm-up s", "notes",
+                      title=f"{escape(one_line(m.config.name or m.path))} · {m.kernels}")
         for r in rows:
             notes = []
             if "time_to_first_token_s" in r.extra:

@@ -40,9 +40,10 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
          repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-         kv_type: str = o.KV_TYPE,
+         kv_type: Optional[str] = o.KV_TYPE,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
+         exact: bool = o.EXACT,
          debug: bool = o.DEBUG) -> None:
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
@@ -50,7 +51,7 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
         system = utf8_text(system, "--system") if system else system
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         token_limit(max_tokens)
-        m = load_model(model, ctx, threads, kv_type=kv_type)
+        m = load_model(model, ctx, threads, kv_type=kv_type, exact=exact)
         if template:
             m.tokenizer.use_chat_template(template)
         session = ChatSession(m, system=system, settings=settings, max_tokens=max_tokens)

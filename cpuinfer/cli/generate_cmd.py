@@ -28,7 +28,7 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
              temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
              repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
              seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-             kv_type: str = o.KV_TYPE,
+             kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
              debug: bool = o.DEBUG) -> None:
     """Complete a prompt (raw, or with --chat as a user message) and stream the text."""
     with user_errors(debug):
@@ -41,7 +41,8 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
         max_tokens = token_limit(max_tokens)
         if not prompt.strip():
             raise CpuinferError("empty prompt")
-        m = load_model(None if model == "default" else model, ctx, threads, quiet=as_json, kv_type=kv_type)
+        m = load_model(None if model == "default" else model, ctx, threads, quiet=as_json, kv_type=kv_type,
+                       exact=exact)
         tok = m.tokenizer
         if chat:
             if template:
