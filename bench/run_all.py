@@ -1,7 +1,8 @@
 """`make bench`: the whole suite, results to bench/results/.
 
 1. kernels.py  — every kernel at Mistral-7B shapes vs the bandwidth roofline and numpy BLAS
-2. quality.py  — perplexity of F16/Q8_0/Q6_K/Q4_1/Q4_K_M/Q4_0 of the default model (and the files for 3)
+2. quality.py  — size, bits/weight, perplexity, KL of every type of the default model, cpuinfer vs llama.cpp,
+                 without and with an importance matrix (and the files for 3)
 3. compare.py  — those files through cpuinfer, llama.cpp and torch, 1 and 2 threads
 4. with --full — synthetic full-size Mistral-7B (Q4_0, Q8_0, Q4_K_M) and Mixtral-8x7B (Q4_0) files,
                  written by synthetic.py, through cpuinfer and llama.cpp (needs ~40 GB of disk)
@@ -34,7 +35,7 @@ def main() -> None:
     (RESULTS / "kernels.json").write_text(json.dumps(result, indent=1))
 
     print("== quality")
-    (RESULTS / "quality.json").write_text(json.dumps(quality.run(ctx=512), indent=1))
+    (RESULTS / "quality.json").write_text(json.dumps(quality.run(512, quality.TYPES, with_imatrix=True), indent=1))
 
     print("== compare (default model)")
     files = quality.variants()

@@ -18,6 +18,7 @@ of 32 experts and from 85% to 90% at 20.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import threading
 from collections import Counter, deque
@@ -25,7 +26,6 @@ from typing import Callable
 
 from .errors import CpuinferError
 from .gguf_file import GGUFFile
-from .linear import Linear
 from .moe import ExpertStats
 from .slabs import Extent, FileReader, anonymous, lay_out, load_dense
 from .weights import Expert, Layer, Weights
@@ -300,5 +300,5 @@ class ExpertCache:
 
     def _expert_view(self, key, slot: int) -> Expert:
         mapped = self._layers[key[0]].experts[key[1]]
-        return Expert(*(Linear(m.name, m.ggml_type, m.rows, m.cols, extent.view(self._bytes, slot * self.slab_bytes))
+        return Expert(*(dataclasses.replace(m, data=extent.view(self._bytes, slot * self.slab_bytes))
                         for m, extent in zip((mapped.gate, mapped.up, mapped.down), self._layout[key])))

@@ -1,10 +1,13 @@
 """Weight matrices in ggml blocks, and the products the model takes with them.
 
 A `Linear` is a zero-copy view of a tensor in the mapped file. `matmul` picks
-the kernel: one activation row goes through the block-reading matvec kernels
-(numba prange); a batch of rows is split across the workers, each expanding
-tiles of its weight rows to float32 and handing them to single-threaded BLAS,
-which is several times faster once a tile is reused for many tokens.
+the kernel. On the integer path (`Linear.int8`, linear_int8.py) the
+activations are quantized to int8 and multiplied with integer dot products.
+On the float path, exact up to float32 rounding: one activation row goes
+through the block-reading matvec kernels (numba prange); a batch of rows is
+split across the workers, each expanding tiles of its weight rows to float32
+and handing them to single-threaded BLAS, which is several times faster once a
+tile is reused for many tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from gguf.constants import GGMLQuantizationType as QT
 
 from .errors import GGUFError
 from .gguf_file import GGUFFile, TensorInfo
+from . import linear_int8
 from .kernels import dequant, floats, iq4, kquants, matvec, q5
 from .parallel import Workers
 
@@ -50,14 +54,16 @@ class Linear:
     rows: int
     cols: int
     data: np.ndarray
+    int8: bool = False  # multiplied by int8-quantized activations (integer path), else float32 ones
 
     @property
     def nbytes(self) -> int:
         return self.data.nbytes
 
 
-def linear_views(gguf: GGUFFile, info: TensorInfo) -> list[Linear]:
-    """Views of a 2-D tensor (one Linear) or a 3-D expert tensor (one Linear per expert)."""
+def linear_views(gguf: GGUFFile, info: TensorInfo, int8: bool = False) -> list[Linear]:
+    """Views of a 2-D tensor (one Linear) or a 3-D expert tensor (one Linear per expert); with `int8`,
+    on the integer path where the CPU and the type have one."""
     if info.ggml_type not in SUPPORTED_TYPES:
         raise GGUFError(
             f"tensor {info.name} is {info.type_name}; cpuinfer computes with "
@@ -75,13 +81,16 @@ def linear_views(gguf: GGUFFile, info: TensorInfo) -> list[Linear]:
         data = raw.view(np.uint16).reshape(*lead, rows, cols)
     else:
         data = raw.reshape(*lead, rows, -1)
+    int8 = int8 and linear_int8.AVAILABLE and info.ggml_type in linear_int8.TYPES
     if not lead:
-        return [Linear(info.name, info.ggml_type, rows, cols, data)]
-    return [Linear(f"{info.name}[{e}]", info.ggml_type, rows, cols, data[e]) for e in range(lead[0])]
+        return [Linear(info.name, info.ggml_type, rows, cols, data, int8)]
+    return [Linear(f"{info.name}[{e}]", info.ggml_type, rows, cols, data[e], int8) for e in range(lead[0])]
 
 
 def matmul(w: Linear, x: np.ndarray, out: np.ndarray, workers: Workers) -> np.ndarray:
     """out[t] = W @ x[t] for every row t of x [T, cols]; out is [T, rows]."""
+    if w.int8:
+        return linear_int8.matmul_int8(w, x, out, workers)
     if x.shape[0] <= MATVEC_MAX_ROWS and w.ggml_type != QT.F32:
         kernel = _MATVEC[w.ggml_type]
         for t in range(x.shape[0]):

@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .expert_cache import ExpertCache, cache_experts, expert_layout
 from .gguf_file import GGUFFile
+from .kernels import int8_dot
 from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache
 from .linear import MATVEC_MAX_ROWS
 from .memory import KVBudget, default_budget, parse_size, plan_memory, resident_bytes
@@ -39,10 +40,11 @@ class Model:
     """A loaded model. `forward(ids, cache)` appends tokens to a sequence's cache and returns their logits."""
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-                 kv_type: str = DEFAULT_KV_TYPE, max_memory: int | str | None = None, expert_cache: str = "lru",
-                 guess_next: bool = True):
+                 kv_type: str | None = None, exact: bool = False, max_memory: int | str | None = None,
+                 expert_cache: str = "lru", guess_next: bool = True):
         process = resident_bytes()
         self.path = str(path)
+        self.exact = exact
         self.file = GGUFFile(path)
         md = self.file.metadata
         embd = self.file.tensors.get("token_embd.weight")
@@ -53,16 +55,16 @@ class Model:
         if self.tokenizer.vocab_size != self.config.n_vocab:
             raise GGUFError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding "
                             f"has {self.config.n_vocab} rows")
-        self.weights = load_weights(self.file, self.config)
+        self.weights = load_weights(self.file, self.config, int8=not exact)
         bus_error.install()  # the kernels read the mapping from here on
         self.n_ctx = self._checked_ctx(min(self.config.context_length, DEFAULT_MAX_CTX) if n_ctx is None else n_ctx)
         self.threads = clamp_threads(threads or physical_cores())
-        self.kv_type = kv_type
-        RollingKVCache(self.config, 1, kv_type)  # an unknown or unusable type fails at load, not later
+        self.kv_type = kv_type or ("f32" if exact else DEFAULT_KV_TYPE)
+        RollingKVCache(self.config, 1, self.kv_type)  # an unknown or unusable type fails at load, not later
         self.batch = prompt_batch(self.config)  # tokens per prompt chunk
         policy = make_policy(expert_cache)
         layout, slab = expert_layout(self.file, self.weights.layers) if self.config.is_moe else ({}, 0)
-        self.memory = plan_memory(self.file, self.config, self.n_ctx, kv_type, self.batch, layout, slab,
+        self.memory = plan_memory(self.file, self.config, self.n_ctx, self.kv_type, self.batch, layout, slab,
                                   default_budget() if max_memory is None else parse_size(max_memory), process)
         self.expert_cache: ExpertCache | None = None  # whole experts in slabs, when they do not all fit
         if self.config.is_moe and not self.memory.fits:
@@ -93,6 +95,11 @@ class Model:
             raise CpuinferError(f"not enough memory for a KV cache of {n_ctx} tokens; use a smaller context") from None
         self._kv_budget.admit(cache)
         return cache
+
+    @property
+    def kernels(self) -> str:
+        """The arithmetic of the matrix products: "int8 (<instructions>)" or "float32"."""
+        return f"int8 ({int8_dot.ISA})" if not self.exact and int8_dot.ISA else "float32"
 
     @property
     def expert_stats(self):
@@ -173,10 +180,15 @@ class Model:
 
 
 def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-         kv_type: str = DEFAULT_KV_TYPE, max_memory: int | str | None = None, expert_cache: str = "lru",
-         guess_next: bool = True) -> Model:
+         kv_type: str | None = None, exact: bool = False, max_memory: int | str | None = None,
+         expert_cache: str = "lru", guess_next: bool = True) -> Model:
     """Memory-map a GGUF model. `n_ctx` and `kv_type` are the defaults of new caches: min(trained
     context, 4096) and float16; `threads` defaults to the physical cores.
+
+    By default the quantized matrices multiply activations quantized to int8 with integer dot
+    products where the CPU has them (AVX2 or better), as llama.cpp does. `exact=True` keeps the
+    activations in float32, and the KV cache too unless `kv_type` is given: exact up to float32
+    rounding, for references and tests.
 
     `max_memory` (bytes, or a size such as "12G") caps the process's memory; by
     default its current memory plus 80% of the memory available now. The dense
@@ -186,5 +198,5 @@ def load(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None 
     read ahead for the next layer's guessed choice. A model whose dense part
     does not fit is refused.
     """
-    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, max_memory=max_memory,
+    return Model(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact, max_memory=max_memory,
                  expert_cache=expert_cache, guess_next=guess_next)

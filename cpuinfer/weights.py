@@ -46,8 +46,9 @@ class Weights:
 
 
 class _Tensors:
-    def __init__(self, gguf: GGUFFile):
+    def __init__(self, gguf: GGUFFile, int8: bool):
         self.gguf = gguf
+        self.int8 = int8
 
     def info(self, name: str, shape: tuple[int, ...]):
         info = self.gguf.tensors.get(name)
@@ -59,14 +60,14 @@ class _Tensors:
         return info
 
     def matrix(self, name: str, rows: int, cols: int) -> Linear:
-        return linear_views(self.gguf, self.info(name, (rows, cols)))[0]
+        return linear_views(self.gguf, self.info(name, (rows, cols)), self.int8)[0]
 
     def experts(self, prefix: str, n: int, rows: int, cols: int) -> list[Linear]:
         """The n expert matrices of `prefix` (e.g. blk.0.ffn_gate): one 3-D tensor `prefix_exps.weight`, or,
         in Mixtral files written before April 2024, one 2-D tensor `prefix.E.weight` per expert."""
         if f"{prefix}.0.weight" in self.gguf.tensors and f"{prefix}_exps.weight" not in self.gguf.tensors:
             return [self.matrix(f"{prefix}.{e}.weight", rows, cols) for e in range(n)]
-        return linear_views(self.gguf, self.info(f"{prefix}_exps.weight", (n, rows, cols)))
+        return linear_views(self.gguf, self.info(f"{prefix}_exps.weight", (n, rows, cols)), self.int8)
 
     def vector(self, name: str, n: int) -> np.ndarray:
         info = self.info(name, (n,))
@@ -80,11 +81,12 @@ class _Tensors:
         raise GGUFError(f"{self.gguf.path}: norm {name} is {info.type_name}, expected F32, F16 or BF16")
 
 
-def load_weights(gguf: GGUFFile, cfg: ModelConfig) -> Weights:
-    """Map every tensor the model needs; nothing is copied but the small norm vectors of F16 files."""
+def load_weights(gguf: GGUFFile, cfg: ModelConfig, int8: bool = False) -> Weights:
+    """Map every tensor the model needs; nothing is copied but the small norm vectors of F16 files.
+    `int8`: matrices take the integer path where they can (cpuinfer.linear)."""
     if "rope_freqs.weight" in gguf.tensors:  # Llama 3.1's per-frequency RoPE scaling
         raise GGUFError(f"{gguf.path}: RoPE frequency scaling (rope_freqs.weight) is not supported")
-    t = _Tensors(gguf)
+    t = _Tensors(gguf, int8)
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     layers = []
     for i in range(cfg.n_layers):

@@ -78,18 +78,21 @@ def _stacked(g: GGUFFile, prefix: str, experts: dict[int, TensorInfo]) -> Source
 def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
     if len(info.shape) > 3:
         raise CpuinferError(f"{g.path}: tensor {info.name} has {len(info.shape)} dimensions")
+    views = None
     if len(info.shape) > 1 and info.ggml_type in SUPPORTED_TYPES:
         try:
-            views = linear_views(g, info)
+            views = linear_views(g, info)  # checks the shape against the type before any read
         except GGUFError as e:
             raise CpuinferError(str(e)) from None
-        return SourceTensor(info.name, info.shape, [
-            Matrix(w.rows, w.cols, lambda r0, r1, w=w: dequantize_rows(w, r0, r1)) for w in views])
     qtype = QT(info.ggml_type)
     blocks = g.blocks(info)  # [..., rows, row_bytes]
     if len(info.shape) == 1:
         blocks = blocks.reshape(1, -1)
     stacks = blocks.reshape(-1, *blocks.shape[-2:])
+    stored = (qtype, stacks.reshape(-1, stacks.shape[-1]))  # copied as it is when the tensor keeps its type
+    if views is not None:
+        return SourceTensor(info.name, info.shape, [
+            Matrix(w.rows, w.cols, lambda r0, r1, w=w: dequantize_rows(w, r0, r1)) for w in views], stored)
     cols = info.shape[-1]
 
     def part(rows_bytes: np.ndarray) -> Matrix:
@@ -100,4 +103,4 @@ def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
                 raise CpuinferError(f"{g.path}: cannot read {qtype.name} tensor {info.name}") from None
         return Matrix(rows_bytes.shape[0], cols, read)
 
-    return SourceTensor(info.name, info.shape, [part(s) for s in stacks])
+    return SourceTensor(info.name, info.shape, [part(s) for s in stacks], stored)

@@ -1,109 +1,100 @@
-"""Block quantizers that write exactly the bytes of ggml's reference quantizers.
+"""Rows of float32 values -> the bytes of any ggml type cpuinfer writes.
 
-Each kernel computes the float32 scale and the integer codes of every 32-value
-block in the same float32 operations as ggml-quants.c (`quantize_row_*_ref`):
-Q8_0  d = amax/127, q = round-half-away(x/d)
-Q4_0  d = (value of largest magnitude)/-8, q = min(15, trunc(x/d + 8.5))
-Q4_1  d = (max-min)/15, m = min, q = min(15, trunc((x-m)/d + 0.5))
-numba has no float16, so the kernels return float32 scales and numpy rounds
-them to f16 (round-to-nearest-even, as the F16C instruction ggml uses does).
+The block quantizers live in blocks.py (32-value blocks), kquants.py (256-value
+super-blocks) and iquants.py (non-linear codes); each type has two roundings:
+
+- reference: ggml's reference quantizer, the bytes llama-quantize writes
+  without an importance matrix (Q8_0 has only this one);
+- search: ggml's error-minimising search, the bytes llama-quantize writes
+  with an importance matrix; without one cpuinfer runs it with unit
+  importances, which is its default.
 """
 
 from __future__ import annotations
 
-import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
-from numba import njit, prange
 
-f32 = np.float32
+from cpuinfer.threads import physical_cores
+
+from . import blocks, iquants, kquants
+
 QK = 32
+QK_K = 256
+
+# type -> (values per block, reference kernel(x, out), search kernel(x, importance, out) or None)
+KERNELS = {
+    QT.Q8_0: (QK, blocks.q8_0_reference, None),
+    QT.Q4_0: (QK, blocks.q4_0_reference, blocks.q4_0_search),
+    QT.Q4_1: (QK, blocks.q4_1_reference, blocks.q4_1_search),
+    QT.Q5_0: (QK, blocks.q5_0_reference, blocks.q5_0_search),
+    QT.Q5_1: (QK, blocks.q5_1_reference, blocks.q5_1_search),
+    QT.Q2_K: (QK_K, kquants.q2_k_reference, kquants.q2_k_search),
+    QT.Q3_K: (QK_K, kquants.q3_k_reference, kquants.q3_k_search),
+    QT.Q4_K: (QK_K, kquants.q4_k_reference, kquants.q4_k_search),
+    QT.Q5_K: (QK_K, kquants.q5_k_reference, kquants.q5_k_search),
+    QT.Q6_K: (QK_K, kquants.q6_k_reference, kquants.q6_k_search),
+    QT.IQ4_NL: (QK, iquants.iq4_nl_reference, iquants.iq4_nl_search),
+    QT.IQ4_XS: (QK_K, iquants.iq4_xs_reference, iquants.iq4_xs_search),
+}
+BLOCK_BYTES = {QT[name.upper()]: n for table in (blocks.BLOCK_BYTES, kquants.BLOCK_BYTES, iquants.BLOCK_BYTES)
+               for name, n in table.items()}
 
 
-@njit(parallel=True, cache=True)
-def _q8_0(x, d, q):
-    for r in prange(x.shape[0]):
-        for b in range(x.shape[1] // QK):
-            amax = f32(0)
-            for j in range(QK):
-                amax = max(amax, abs(x[r, b * QK + j]))
-            s = amax / f32(127)
-            inv = f32(1) / s if s != 0 else f32(0)
-            d[r, b] = s
-            for j in range(QK):
-                v = x[r, b * QK + j] * inv
-                # roundf: |v| - floor(|v|) is exact; floor(|v| + 0.5) would round 0.49999997 up to 1
-                a = abs(v)
-                n = math.floor(a)
-                if a - n >= f32(0.5):
-                    n += 1
-                q[r, b * QK + j] = np.int8(math.copysign(n, v))
+def block_values(qtype: int) -> int:
+    """Values per block of `qtype` (1 for the float types)."""
+    return KERNELS[qtype][0] if qtype in KERNELS else 1
 
 
-@njit(parallel=True, cache=True)
-def _q4_0(x, d, q):
-    for r in prange(x.shape[0]):
-        for b in range(x.shape[1] // QK):
-            amax = f32(0)
-            vmax = f32(0)
-            for j in range(QK):
-                v = x[r, b * QK + j]
-                if abs(v) > amax:
-                    amax = abs(v)
-                    vmax = v
-            s = vmax / f32(-8)
-            inv = f32(1) / s if s != 0 else f32(0)
-            d[r, b] = s
-            for j in range(QK // 2):
-                lo = min(15, np.uint8(x[r, b * QK + j] * inv + f32(8.5)))
-                hi = min(15, np.uint8(x[r, b * QK + j + 16] * inv + f32(8.5)))
-                q[r, b * 16 + j] = lo | (hi << 4)
+def quantize_rows(x: np.ndarray, qtype: int, importance: np.ndarray | None = None,
+                  reference: bool = False) -> np.ndarray:
+    """Rows of float32 values [n, K] in `qtype`'s file layout: float32/float16/bfloat16 [n, K] or uint8 block bytes.
 
-
-@njit(parallel=True, cache=True)
-def _q4_1(x, d, m, q):
-    for r in prange(x.shape[0]):
-        for b in range(x.shape[1] // QK):
-            lo_v = x[r, b * QK]
-            hi_v = x[r, b * QK]
-            for j in range(1, QK):
-                lo_v = min(lo_v, x[r, b * QK + j])
-                hi_v = max(hi_v, x[r, b * QK + j])
-            s = (hi_v - lo_v) / f32(15)
-            inv = f32(1) / s if s != 0 else f32(0)
-            d[r, b] = s
-            m[r, b] = lo_v
-            for j in range(QK // 2):
-                lo = min(15, np.uint8((x[r, b * QK + j] - lo_v) * inv + f32(0.5)))
-                hi = min(15, np.uint8((x[r, b * QK + j + 16] - lo_v) * inv + f32(0.5)))
-                q[r, b * 16 + j] = lo | (hi << 4)
-
-
-def _f16_bytes(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float16).view(np.uint8).reshape(*a.shape, 2)
-
-
-def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
-    """Rows of float32 values [n, K] in `qtype`'s file layout: float32/float16 [n, K] or uint8 block bytes."""
+    `importance` (float32 [K], one per column) weights each value's error; without it the
+    search runs with unit importances, or with `reference` ggml's reference rounding runs.
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if qtype == QT.F32:
         return x
     if qtype == QT.F16:
         return x.astype(np.float16)
+    if qtype == QT.BF16:
+        return _bf16(x)
     n, k = x.shape
-    nb = k // QK
-    d = np.empty((n, nb), dtype=np.float32)
-    if qtype == QT.Q8_0:
-        q = np.empty((n, k), dtype=np.int8)
-        _q8_0(x, d, q)
-        return np.concatenate([_f16_bytes(d), q.view(np.uint8).reshape(n, nb, QK)], axis=2).reshape(n, -1)
-    q = np.empty((n, k // 2), dtype=np.uint8)
-    if qtype == QT.Q4_0:
-        _q4_0(x, d, q)
-        return np.concatenate([_f16_bytes(d), q.reshape(n, nb, 16)], axis=2).reshape(n, -1)
-    if qtype == QT.Q4_1:
-        m = np.empty((n, nb), dtype=np.float32)
-        _q4_1(x, d, m, q)
-        return np.concatenate([_f16_bytes(d), _f16_bytes(m), q.reshape(n, nb, 16)], axis=2).reshape(n, -1)
-    raise ValueError(f"cannot quantize to {QT(qtype).name}")
+    block, reference_kernel, search_kernel = KERNELS[qtype]
+    if k % block:
+        raise ValueError(f"rows of {k} values are not whole {QT(qtype).name} blocks")
+    out = np.empty((n, k // block * BLOCK_BYTES[qtype]), dtype=np.uint8)
+    if search_kernel is None or (reference and importance is None):
+        _split_rows(reference_kernel, x, out)
+    else:
+        if importance is None:
+            importance = np.ones(k, dtype=np.float32)
+        _split_rows(search_kernel, x, out, np.ascontiguousarray(importance, dtype=np.float32))
+    return out
+
+
+_threads = physical_cores()
+_pool = ThreadPoolExecutor(_threads - 1) if _threads > 1 else None
+
+
+def _split_rows(kernel, x: np.ndarray, out: np.ndarray, *args) -> None:
+    """kernel(x, *args, out) on one contiguous row range per core (the kernels are serial and release the GIL)."""
+    k = max(1, min(_threads, x.shape[0]))
+    parts = [(x.shape[0] * i // k, x.shape[0] * (i + 1) // k) for i in range(k)]
+    futures = [_pool.submit(kernel, x[a:b], *args, out[a:b]) for a, b in parts[1:]]
+    a, b = parts[0]
+    kernel(x[a:b], *args, out[a:b])
+    for f in futures:
+        f.result()
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """ggml's fp32 -> bf16: round to nearest even; NaNs stay (quiet) NaNs."""
+    u = x.view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded[nan] = ((u[nan] >> 16) | 64).astype(np.uint16)
+    return rounded

@@ -25,6 +25,7 @@ class SourceTensor:
     name: str  # llama.cpp's GGUF name
     shape: tuple[int, ...]  # numpy order
     parts: list[Matrix]
+    stored: tuple[int, np.ndarray] | None = None  # a GGUF source's (ggml type, block bytes [rows, row bytes])
 
     @property
     def cols(self) -> int:

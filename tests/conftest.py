@@ -46,16 +46,17 @@ def hf_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def converted(hf_checkpoint, tmp_path_factory):
-    """converted(kind, type) -> GGUF path of the reference checkpoint converted by `cpuinfer quantize`."""
+    """converted(kind, type, rounding="search") -> GGUF path of the reference checkpoint converted by
+    `cpuinfer quantize`."""
     from quantize import convert
 
-    made: dict[tuple[str, str], Path] = {}
+    made: dict[tuple[str, str, str], Path] = {}
 
-    def make(kind: str, type_name: str) -> Path:
-        key = (kind, type_name)
+    def make(kind: str, type_name: str, rounding: str = "search") -> Path:
+        key = (kind, type_name, rounding)
         if key not in made:
-            out = tmp_path_factory.mktemp("gguf") / f"{kind}-{type_name}.gguf"
-            made[key] = convert(hf_checkpoint(kind), out, type_name)
+            out = tmp_path_factory.mktemp("gguf") / f"{kind}-{type_name}-{rounding}.gguf"
+            made[key] = convert(hf_checkpoint(kind), out, type_name, rounding=rounding)
         return made[key]
 
     return make

@@ -37,7 +37,7 @@ def loaded(converted):
 
     def get(kind, type_name):
         if (kind, type_name) not in made:
-            made[kind, type_name] = cpuinfer.load(converted(kind, type_name))
+            made[kind, type_name] = cpuinfer.load(converted(kind, type_name), exact=True)
         return made[kind, type_name]
 
     return get

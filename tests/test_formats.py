@@ -59,7 +59,7 @@ def prompt_then_decode(model) -> np.ndarray:
 def assert_matches_float64_forward(path) -> None:
     cfg = checkpoints.SPECS[kind_of(path)]
     want = numpy_forward.forward(dequantized_hf_weights(path, cfg), cfg, PROMPT)
-    got = prompt_then_decode(cpuinfer.load(path, kv_type="f32"))
+    got = prompt_then_decode(cpuinfer.load(path, kv_type="f32", exact=True))
     err = rel_err(got, want)
     assert err.max() <= REL_TOL, (int(err.argmax()), float(err.max()))
     assert (got.argmax(axis=1) == want.argmax(axis=1)).all()

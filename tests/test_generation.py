@@ -206,7 +206,7 @@ def test_generate_api_yields_ids(model, cache):
 
 def test_a_second_turn_prefills_only_its_new_tokens(model):
     s = ChatSession(model, settings=GREEDY, max_tokens=24)
-    first = "".join(s.send("What is the capital of France?"))
+    first = "".join(s.send("What is the capital of France? Answer in one sentence."))
     assert "Paris" in first
     before = s.cache.pos
     list(s.send("And of Italy?"))

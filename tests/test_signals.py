@@ -23,11 +23,11 @@ SLOW_QUANTIZE = textwrap.dedent("""
     import quantize
     real = quantize.convert
 
-    def convert(src, out, type_name, force=False, progress=None):
+    def convert(src, out, type_name, force=False, progress=None, **options):
         def slowly(total, n):
             inner = progress(total, n)
             return lambda nbytes: (inner(nbytes), time.sleep(0.05))
-        return real(src, out, type_name, force=force, progress=slowly)
+        return real(src, out, type_name, force=force, progress=slowly, **options)
 
     quantize.convert = convert
     sys.argv = ["cpuinfer", *sys.argv[1:]]

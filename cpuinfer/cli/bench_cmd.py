@@ -26,7 +26,7 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
           gen: list[int] = typer.Option([128], "-n", "--n-gen", help="generated lengths (repeatable; 0 skips)"),
           threads: list[int] = typer.Option([], "-t", "--threads", help="thread counts (repeatable)"),
           reps: int = typer.Option(3, "-r", "--reps", help="repetitions after the warm-up"),
-          ctx: Optional[int] = o.CTX, kv_type: str = o.KV_TYPE,
+          ctx: Optional[int] = o.CTX, kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
           as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
           max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT,
           debug: bool = o.DEBUG) -> None:
@@ -38,13 +38,14 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         thread_counts = [checked(t, "-t/--threads", integer=True, lo=1) for t in threads] or [physical_cores()]
         longest = max(prompt + gen + [1])
         m = load_model(model, n_ctx=ctx or max(longest, 512), threads=thread_counts[0], quiet=as_json,
-                       kv_type=kv_type, max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
+                       kv_type=kv_type, exact=exact, max_memory=max_memory, expert_cache=expert_cache,
+                       guess_next=guess_next)
         rng = np.random.default_rng(0)
         rows = []
         for t in thread_counts:
             rows += [bench_prompt(m, n, reps, rng, threads=t) for n in prompt if n]
             rows += [bench_decode(m, n, reps, rng, threads=t) for n in gen if n]
-        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes,
+        info = dict(model=m.path, name=m.config.name, file_bytes=m.file.data.nbytes, kernels=m.kernels,
                     peak_rss_mb=peak_resident_bytes() / 1e6, max_memory_mb=m.memory.budget / 1e6,
                     expert_cache=None if m.expert_cache is None else
                     dict(slots=m.expert_cache.slots, slab_mb=m.expert_cache.slab_bytes / 1e6,
@@ -58,7 +59,8 @@ def bench(model: Optional[str] = typer.Argument(None, help="GGUF file (default: 
         if as_json:
             print(json.dumps({**info, "results": [r.as_dict() for r in rows]}, indent=1))
             return
-        table = Table("test", "threads", "t/s", "warm-up s", "notes", title=escape(one_line(m.config.name or m.path)))
+        table = Table("test", "threads", "t/s", "warm-up s", "notes",
+                      title=f"{escape(one_line(m.config.name or m.path))} · {m.kernels}")
         for r in rows:
             notes = []
             if "time_to_first_token_s" in r.extra:

@@ -41,10 +41,11 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
          temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
          repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
          seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-         kv_type: str = o.KV_TYPE,
+         kv_type: Optional[str] = o.KV_TYPE,
          max_tokens: Optional[int] = typer.Option(None, "-n", "--max-tokens", help="cap on a reply's length"),
          no_color: bool = typer.Option(False, "--no-color", help="plain text output"),
-         max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT,
+         exact: bool = o.EXACT, max_memory: Optional[str] = o.MAX_MEMORY, expert_cache: str = o.EXPERT_CACHE,
+         guess_next: bool = o.GUESS_NEXT,
          debug: bool = o.DEBUG) -> None:
     """Chat with a model in the terminal."""
     console = Console(no_color=no_color, highlight=False, emoji=False)
@@ -52,8 +53,8 @@ def chat(model: Optional[str] = typer.Argument(None, help="GGUF file (default: S
         system = utf8_text(system, "--system") if system else system
         settings = o.sampler_settings(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         token_limit(max_tokens)
-        m = load_model(model, ctx, threads, kv_type=kv_type, max_memory=max_memory, expert_cache=expert_cache,
-                       guess_next=guess_next)
+        m = load_model(model, ctx, threads, kv_type=kv_type, exact=exact, max_memory=max_memory,
+                       expert_cache=expert_cache, guess_next=guess_next)
         if template:
             m.tokenizer.use_chat_template(template)
         session = ChatSession(m, system=system, settings=settings, max_tokens=max_tokens)

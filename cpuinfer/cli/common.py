@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import typer
+from numba.core.event import Listener, install_listener
 from rich.console import Console
 from rich.markup import escape
 
@@ -57,23 +58,51 @@ def model_path(model: str | None) -> Path:
     return path
 
 
+class _SayOnceCompiling(Listener):
+    """A numba event listener: numba fires "numba:compile" only for a kernel it compiles, not for one it loads
+    from its cache, so a cold cache is told once and a warm one says nothing."""
+
+    def __init__(self, say):
+        super().__init__()
+        self.say, self.said = say, False
+
+    def on_start(self, event) -> None:
+        if not self.said:
+            self.said = True
+            self.say()
+
+    def on_end(self, event) -> None:
+        pass
+
+
 def load_model(model: str | None, n_ctx: int | None = None, threads: int | None = None, quiet: bool = False,
-               kv_type: str = "f16", max_memory: str | None = None, expert_cache: str = "lru",
-               guess_next: bool = True):
+               kv_type: str | None = None, exact: bool = False, max_memory: str | None = None,
+               expert_cache: str = "lru", guess_next: bool = True):
     """Load a model and run its kernels once, with a status line on stderr.
 
-    The warm-up compiles the numba kernels on the very first run (~10 s; later
-    runs load them from the cache in well under a second), so the first reply
-    and every timing shown afterwards measure inference, not compilation.
+    The warm-up compiles the numba kernels on the very first run (later runs
+    load them from the cache), so the first reply and every timing shown
+    afterwards measure inference, not compilation.
     """
     from ..model import load
 
     path = model_path(model)
-    with err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and sys.stderr.isatty() \
+    compiling = "compiling the kernels for this CPU (first run only, about a minute) ..."
+    tty = sys.stderr.isatty()
+    status = err_console.status(f"loading {path.name} ...", spinner="dots") if not quiet and tty \
+        else contextlib.nullcontext()
+
+    def say_compiling() -> None:
+        if tty:
+            status.update(f"loading {path.name}: {compiling}")
+        else:
+            print(compiling, file=sys.stderr, flush=True)
+
+    with status, install_listener("numba:compile", _SayOnceCompiling(say_compiling)) if not quiet \
             else contextlib.nullcontext():
-        m = load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, max_memory=max_memory,
+        m = load(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type, exact=exact, max_memory=max_memory,
                  expert_cache=expert_cache, guess_next=guess_next)
         cache = m.new_cache(4)
-        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (dequantize + BLAS path)
+        m.forward([0, 0, 0], cache, all_logits=False)  # a prompt chunk (the batched kernels)
         m.forward([0], cache, all_logits=False)  # a decoded token (matvec kernels)
         return m

@@ -28,7 +28,7 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
              temp: float = o.TEMP, top_k: int = o.TOP_K, top_p: float = o.TOP_P, min_p: float = o.MIN_P,
              repeat_penalty: float = o.REPEAT_PENALTY, repeat_last_n: int = o.REPEAT_LAST_N,
              seed: Optional[int] = o.SEED, ctx: Optional[int] = o.CTX, threads: Optional[int] = o.THREADS,
-             kv_type: str = o.KV_TYPE, max_memory: Optional[str] = o.MAX_MEMORY,
+             kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT, max_memory: Optional[str] = o.MAX_MEMORY,
              expert_cache: str = o.EXPERT_CACHE, guess_next: bool = o.GUESS_NEXT, debug: bool = o.DEBUG) -> None:
     """Complete a prompt (raw, or with --chat as a user message) and stream the text."""
     with user_errors(debug):
@@ -42,7 +42,7 @@ def generate(model: str = typer.Argument(..., help="GGUF file ('default' for the
         if not prompt.strip():
             raise CpuinferError("empty prompt")
         m = load_model(None if model == "default" else model, ctx, threads, quiet=as_json, kv_type=kv_type,
-                       max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
+                       exact=exact, max_memory=max_memory, expert_cache=expert_cache, guess_next=guess_next)
         tok = m.tokenizer
         if chat:
             if template:

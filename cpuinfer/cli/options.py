@@ -18,10 +18,13 @@ REPEAT_LAST_N = typer.Option(_D.repeat_last_n, "--repeat-last-n", help="how many
 SEED = typer.Option(None, "--seed", help="random seed, for reproducible output")
 CTX = typer.Option(None, "--ctx", help="context length in tokens (default: the model's, at most 4096)")
 THREADS = typer.Option(None, "--threads", "-t", help="threads (default: physical cores)")
-KV_TYPE = typer.Option("f16", "--kv-type", help="KV cache storage: f16 (default, as llama.cpp), f32, or q8_0")
+KV_TYPE = typer.Option(None, "--kv-type", help="KV cache storage: f16 (default, as llama.cpp; f32 with --exact), "
+                       "f32, or q8_0")
 SYSTEM = typer.Option(None, "--system", help="system prompt")
 TEMPLATE = typer.Option(None, "--template", help="chat template: mistral, chatml, llama2, or a Jinja file")
 DEBUG = typer.Option(False, "--debug", help="show tracebacks")
+EXACT = typer.Option(False, "--exact", help="float32 activations in the matrix products instead of int8 ones, "
+                     "and a float32 KV cache (slower; exact up to float32 rounding)")
 MAX_MEMORY = typer.Option(None, "--max-memory", help="memory the process may use, e.g. 12G or 800M (default: 80% of "
                           "the memory available at start); a Mixtral larger than that keeps experts in a cache")
 EXPERT_CACHE = typer.Option("lru", "--expert-cache", help="which cached expert to evict: lru or lfu")

@@ -21,15 +21,16 @@ def perplexity(model: str = typer.Argument(..., help="GGUF file ('default' for t
                stride: Optional[int] = typer.Option(None, "--stride", help="window step (default: --ctx)"),
                kl_base: Optional[str] = typer.Option(None, "--kl-base", help="a reference GGUF (e.g. F16): "
                                                      "also report KL divergence, ΔPPL and top-1 agreement"),
-               threads: Optional[int] = o.THREADS, kv_type: str = o.KV_TYPE,
+               threads: Optional[int] = o.THREADS, kv_type: Optional[str] = o.KV_TYPE, exact: bool = o.EXACT,
                as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
                debug: bool = o.DEBUG) -> None:
     """Perplexity of a text file in windows of --ctx tokens, scoring each window's second half."""
     with user_errors(debug):
         text = read_utf8_file(text_file, "the text file")
         m = load_model(None if model == "default" else model, n_ctx=ctx, threads=threads, quiet=as_json,
-                       kv_type=kv_type)
-        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json, kv_type=kv_type) if kl_base else None
+                       kv_type=kv_type, exact=exact)
+        base = load_model(kl_base, n_ctx=ctx, threads=threads, quiet=as_json, kv_type=kv_type,
+                          exact=exact) if kl_base else None
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                        console=err_console, disable=as_json)
         task = bar.add_task("perplexity", total=None)
