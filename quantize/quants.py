@@ -12,11 +12,12 @@ super-blocks) and iquants.py (non-linear codes); each type has two roundings:
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import functools
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType as QT
 
+from cpuinfer.parallel import Workers
 from cpuinfer.threads import physical_cores
 
 from . import blocks, iquants, kquants
@@ -76,19 +77,15 @@ def quantize_rows(x: np.ndarray, qtype: int, importance: np.ndarray | None = Non
     return out
 
 
-_threads = physical_cores()
-_pool = ThreadPoolExecutor(_threads - 1) if _threads > 1 else None
+@functools.cache
+def _workers() -> Workers:
+    """One worker per core (made on first use, not at import); no scratch tiles."""
+    return Workers(physical_cores(), widest_row=1, tile_floats=0)
 
 
 def _split_rows(kernel, x: np.ndarray, out: np.ndarray, *args) -> None:
     """kernel(x, *args, out) on one contiguous row range per core (the kernels are serial and release the GIL)."""
-    k = max(1, min(_threads, x.shape[0]))
-    parts = [(x.shape[0] * i // k, x.shape[0] * (i + 1) // k) for i in range(k)]
-    futures = [_pool.submit(kernel, x[a:b], *args, out[a:b]) for a, b in parts[1:]]
-    a, b = parts[0]
-    kernel(x[a:b], *args, out[a:b])
-    for f in futures:
-        f.result()
+    _workers().run(lambda _, a, b: kernel(x[a:b], *args, out[a:b]), x.shape[0])
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:

@@ -35,12 +35,13 @@ def test_bytes_are_ggmls(qtype, label):
 
 def test_rows_split_across_threads_give_the_same_bytes(monkeypatch):
     import quantize.quants as quants
+    from cpuinfer.parallel import Workers
 
     x = np.tile(X, (3, 1))  # 30 rows: uneven parts for 2 and 4 workers
     one = quantize_rows(x, QT.Q4_K)
     for threads in (2, 4):
-        monkeypatch.setattr(quants, "_threads", threads)
-        monkeypatch.setattr(quants, "_pool", quants.ThreadPoolExecutor(threads - 1))
+        workers = Workers(threads, widest_row=1, tile_floats=0)
+        monkeypatch.setattr(quants, "_workers", lambda: workers)
         assert np.array_equal(quantize_rows(x, QT.Q4_K), one)
 
 
