@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
+from .ggml_types import GGMLQuantizationType as QT
 
 from .errors import GGUFError
 from .gguf_file import GGUFFile, TensorInfo

@@ -15,7 +15,7 @@ import weakref
 from typing import Iterator
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
+from .ggml_types import GGMLQuantizationType as QT
 
 from . import bus_error
 from .cache_policy import make_policy

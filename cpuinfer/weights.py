@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType as QT
+from .ggml_types import GGMLQuantizationType as QT
 
 from .config import ModelConfig
 from .errors import GGUFError
