@@ -345,3 +345,19 @@ def test_file_strings_in_messages_are_escaped_and_cut(tmp_path):
     with pytest.raises(GGUFError) as e:
         load_bytes(tmp_path / "bad.gguf", raw_header(1, tensor_entry(name, [32], 4, 0) + b"\0" * 512, 0))
     assert "tensor 'blk.0\\x00\\r" in str(e.value) and len(str(e.value)) < len(str(tmp_path)) + 300
+
+
+def test_the_runtime_reads_ggml_types_without_the_gguf_package():
+    """Start-up: loading a model must not import gguf's vocab module, which pulls in mistral_common (0.75 s),
+    and gguf imported afterwards shares the same type table."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cpuinfer.model\n"
+            "assert 'mistral_common' not in sys.modules and 'gguf.vocab' not in sys.modules, sorted(sys.modules)\n"
+            "from cpuinfer.ggml_types import GGMLQuantizationType\n"
+            "import gguf\n"
+            "assert gguf.GGMLQuantizationType is GGMLQuantizationType\n"
+            "assert gguf.GGUFReader and gguf.GGUFWriter\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
