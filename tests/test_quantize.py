@@ -413,6 +413,24 @@ def test_rounding_edge_cases_give_ggml_bytes(tmp_path):
         assert np.array_equal(got, want), f"{type_name}: rows {np.nonzero((got != want).any(axis=1))[0]} differ"
 
 
+def test_default_rounding_searches_where_it_measured_better(tmp_path):
+    """Without an importance matrix, Q5_0/Q5_1 keep ggml's reference bytes (their search measured worse on the
+    default model) and Q4_0 gets the error search."""
+    x = np.random.default_rng(5).standard_normal((8, 256)).astype(np.float32)
+    src = tmp_path / "w.gguf"
+    w = gguf.GGUFWriter(src, "llama")
+    w.add_tensor("edge.weight", x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for type_name, searched in (("q5_0", False), ("q5_1", False), ("q4_0", True)):
+        plain, ref = (GGUFFile(quantize.convert(src, tmp_path / f"{type_name}-{r}.gguf", type_name, rounding=r))
+                      for r in ("search", "reference"))
+        same = np.array_equal(plain.blocks(plain.tensors["edge.weight"]), ref.blocks(ref.tensors["edge.weight"]))
+        assert same != searched, type_name
+
+
 def test_default_model_requantized_to_q8_0(smollm2, tmp_path):
     out = quantize.convert(smollm2, tmp_path / "smollm2-q8_0.gguf", "q8_0")
     r = gguf.GGUFReader(out)

@@ -23,7 +23,8 @@ def quantize(src: Path = typer.Argument(..., help="Hugging Face folder, Mistral 
                                           help="importance matrix (llama.cpp's GGUF or .dat format) weighting "
                                                "each column's error"),
              rounding: str = typer.Option("search", "--rounding",
-                                          help="search: minimise each block's error (default); reference: "
+                                          help="search: minimise each block's error (default; Q5_0/Q5_1 only with "
+                                               "--imatrix, where it measured better); reference: "
                                                "ggml's reference rounding, llama-quantize's bytes without --imatrix"),
              force: bool = typer.Option(False, "--force", help="overwrite OUT if it exists"),
              quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
