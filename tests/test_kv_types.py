@@ -49,8 +49,14 @@ def test_cache_memory(smollm2):
 
 
 def test_perplexity_moves_less_than_half_a_percent(smollm2):
-    """SmolLM2 on 2 windows of the GPL-3 text (over all 14: f32 18.3001, f16 18.2993, q8_0 18.2986)."""
+    """SmolLM2 on 2 windows of the GPL-3 text, float activations, so that only the cache's rounding differs.
+
+    On the integer path a window's perplexity also moves with each activation's int8 rounding, which the
+    cache's rounding shifts: on an AVX2 host these 2 windows gave f32 18.285, f16 18.419 (+0.73%), while
+    over all 14 windows f16 moved +0.14% (f32 18.386, f16 18.411); with AVX-512 VNNI, over all 14:
+    f32 18.3001, f16 18.2993, q8_0 18.2986."""
     text = (TEXT / "GPL-3.txt").read_text()[:12000]
-    ppl = {kv: perplexity(cpuinfer.load(smollm2, kv_type=kv), text, ctx=512).ppl[0] for kv in ("f32", "f16", "q8_0")}
+    ppl = {kv: perplexity(cpuinfer.load(smollm2, kv_type=kv, exact=True), text, ctx=512).ppl[0]
+           for kv in ("f32", "f16", "q8_0")}
     for kv in ("f16", "q8_0"):
         assert abs(ppl[kv] / ppl["f32"] - 1) < 0.005, ppl
