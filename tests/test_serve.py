@@ -149,8 +149,21 @@ def test_json_mode_replies_parse(server, temperature, seed):
     reply = server.client().chat.completions.create(
         model="m", temperature=temperature, seed=seed, max_tokens=200, response_format={"type": "json_object"},
         messages=[{"role": "user", "content": "Describe a cat as a JSON object with a name and an age."}])
+    text = reply.choices[0].message.content
+    if temperature and reply.choices[0].finish_reason == "length":
+        # A sampled object may still be open at max_tokens (which seed does so moves with the CPU's kernels):
+        # then it is an honest prefix of one, never closed by force.
+        assert JsonState().feed(text) and not json_object(text), text
+        return
     assert reply.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    assert isinstance(json.loads(text), dict)
+
+
+def json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def test_json_state_accepts_exactly_the_prefixes_of_objects():
