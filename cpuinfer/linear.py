@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .ggml_types import GGMLQuantizationType as QT
 
 from .errors import GGUFError
+from .ggml_types import GGMLQuantizationType as QT
 from .gguf_file import GGUFFile, TensorInfo
 from . import linear_int8
 from .kernels import dequant, floats, iq4, kquants, matvec, q5

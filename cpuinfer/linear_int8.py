@@ -14,8 +14,8 @@ without AVX2 (int8_dot.ISA), where everything stays on the float path.
 from __future__ import annotations
 
 import numpy as np
-from .ggml_types import GGMLQuantizationType as QT
 
+from .ggml_types import GGMLQuantizationType as QT
 from .kernels import gemm_int8, int8_dot, matvec_int8
 from .kernels.q8_activations import QK, quantize_rows
 from .parallel import Workers

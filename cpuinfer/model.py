@@ -15,13 +15,13 @@ import weakref
 from typing import Iterator
 
 import numpy as np
-from .ggml_types import GGMLQuantizationType as QT
 
 from . import bus_error
 from .cache_policy import make_policy
 from .config import ModelConfig
 from .errors import CpuinferError, GGUFError
 from .expert_cache import ExpertCache, cache_experts, expert_layout
+from .ggml_types import GGMLQuantizationType as QT
 from .gguf_file import GGUFFile
 from .kernels import int8_dot
 from .kv_cache import DEFAULT_KV_TYPE, RollingKVCache

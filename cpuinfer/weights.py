@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .ggml_types import GGMLQuantizationType as QT
 
 from .config import ModelConfig
 from .errors import GGUFError
+from .ggml_types import GGMLQuantizationType as QT
 from .gguf_file import GGUFFile
 from .linear import Linear, linear_views
 

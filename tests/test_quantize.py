@@ -388,6 +388,17 @@ def test_gguf_input_requantized(converted, tmp_path):
     assert filecmp.cmp(again, converted("mixtral", "q4_0"), shallow=False)
 
 
+def one_tensor_gguf(path, x: np.ndarray):
+    """A GGUF file holding x as the float32 tensor "edge.weight"."""
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tensor("edge.weight", x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def test_rounding_edge_cases_give_ggml_bytes(tmp_path):
     """Blocks the reference weights hardly hit: zero and constant blocks, exact halves (away from zero),
     the largest float below 0.5 (C roundf: 0), the Q4 clamp, tiny scales; through a GGUF input."""
@@ -398,13 +409,7 @@ def test_rounding_edge_cases_give_ggml_bytes(tmp_path):
     x[2, :32] = [127, below_half, -below_half, 1.5, -1.5, 2.5, -2.5, below_half + 1, 0.5, -0.5] + [0] * 22
     x[3, :32] = [-8, below_half, -below_half, 0.5, -0.5, 7.5, 7.4999995, 3.5] + [0] * 24
     x[4, 32:] = x[2, :32] * np.float32(1e-3)
-    src = tmp_path / "edge.gguf"
-    w = gguf.GGUFWriter(src, "llama")
-    w.add_tensor("edge.weight", x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    src = one_tensor_gguf(tmp_path / "edge.gguf", x)
     for type_name in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "bf16"):
         out = quantize.convert(src, tmp_path / f"edge-{type_name}.gguf", type_name, rounding="reference")
         g = GGUFFile(out)
@@ -417,13 +422,7 @@ def test_default_rounding_searches_where_it_measured_better(tmp_path):
     """Without an importance matrix, Q5_0/Q5_1 keep ggml's reference bytes (their search measured worse on the
     default model) and Q4_0 gets the error search."""
     x = np.random.default_rng(5).standard_normal((8, 256)).astype(np.float32)
-    src = tmp_path / "w.gguf"
-    w = gguf.GGUFWriter(src, "llama")
-    w.add_tensor("edge.weight", x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    src = one_tensor_gguf(tmp_path / "w.gguf", x)
     for type_name, searched in (("q5_0", False), ("q5_1", False), ("q4_0", True)):
         plain, ref = (GGUFFile(quantize.convert(src, tmp_path / f"{type_name}-{r}.gguf", type_name, rounding=r))
                       for r in ("search", "reference"))

@@ -35,6 +35,7 @@ from .int8_dot import F16, F32, I8, I32, bits_to_bytes, concat, const, load, loo
 from .iq4 import LEVELS
 
 UNSIGNED_LEVELS = [int(v) + 128 for v in LEVELS]
+SIGNED_LEVELS = [int(v) & 255 for v in LEVELS]  # as bytes
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _q8_0_halves(builder, ps):
 
 
 def _iq4_nl_halves(builder, ps):
-    return tuple(lookup(builder, [int(v) & 255 for v in LEVELS], h) for h in _nibble_halves(builder, ps, 2))
+    return tuple(lookup(builder, SIGNED_LEVELS, h) for h in _nibble_halves(builder, ps, 2))
 
 
 Q8_0 = Blocks(34, True, _q8_0_codes, _q8_0_halves, lambda b, ps: _d_and_offset(b, ps, -128.0), 0, True)

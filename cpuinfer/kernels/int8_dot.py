@@ -261,13 +261,15 @@ def emit_signed_dot(builder, acc, q, x):
         offset = const(I8, [-128] * q.type.count)
         return builder.sub(emit_dot(builder, acc, builder.xor(q, offset), x, False),
                            emit_dot(builder, ir.Constant(acc.type, None), offset, x, False))
-    width = min(q.type.count, WIDEST)
-    out = []
-    for c, a, b in zip(_pieces(builder, acc, width // 4), _pieces(builder, q, width), _pieces(builder, x, width)):
-        magnitude = call(builder, f"llvm.abs.v{width}i8", vec(I8, width), [a, ir.Constant(I1, 0)])
-        signed_x = call(builder, "llvm.x86.avx2.psign.b", vec(I8, width), [b, a])
-        out.append(builder.add(c, _pmaddwd_chunks(builder, _maddubs(builder, magnitude, signed_x))))
-    return concat(builder, out)
+    return concat(builder, [_avx2_signed_dot(builder, c, a, b) for c, a, b in
+                            zip(_pieces(builder, acc, 8), _pieces(builder, q, 32), _pieces(builder, x, 32))])
+
+
+def _avx2_signed_dot(builder, acc, q, x):
+    """acc + sums of four q[j] * x[j] for 32 signed bytes q, x: |q| * sign(x, q) by vpmaddubsw."""
+    magnitude = call(builder, "llvm.abs.v32i8", vec(I8, 32), [q, ir.Constant(I1, 0)])
+    signed_x = call(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, q])
+    return builder.add(acc, _pmaddwd_chunks(builder, _maddubs(builder, magnitude, signed_x)))
 
 
 def _dot(builder, acc, u, x, wide: bool):
@@ -281,7 +283,5 @@ def _dot(builder, acc, u, x, wide: bool):
     if not wide:
         return builder.add(acc, _pmaddwd(builder, _maddubs(builder, u, x), ones))
     s = builder.xor(u, const(I8, [-128] * 32))  # u - 128, as signed bytes
-    magnitude = call(builder, "llvm.abs.v32i8", vec(I8, 32), [s, ir.Constant(I1, 0)])
-    signed_x = call(builder, "llvm.x86.avx2.psign.b", vec(I8, 32), [x, s])
     offset = _pmaddwd(builder, _maddubs(builder, const(I8, [-128] * 32), x), ones)  # 128 * x, in fours
-    return builder.add(acc, builder.add(_pmaddwd(builder, _maddubs(builder, magnitude, signed_x), ones), offset))
+    return builder.add(_avx2_signed_dot(builder, acc, s, x), offset)

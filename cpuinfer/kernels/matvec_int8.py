@@ -101,9 +101,10 @@ def _blocks_step(typingctx, acc, w, r, b, xq, xd, t, kind, n):
         x_lo = shuffle(builder, x, None, [QK * (j // 16) + j % 16 for j in range(16 * width)])
         x_hi = shuffle(builder, x, None, [QK * (j // 16) + 16 + j % 16 for j in range(16 * width)])
         lanes = 4 * width  # int32 lanes of a step: 4 per block, each the sum of 8 products
-        ones = const(I8, [1] * 16 * width)
-        sums = emit_two_dots(builder, ir.Constant(vec(I32, lanes), None), ones, x_lo, ones, x_hi)
         per_lane = [lane // 4 for lane in range(lanes)]
+        if fmt.offset != 0:  # the sums of x per lane, for c * sum(x) or m * s_x
+            ones = const(I8, [1] * 16 * width)
+            sums = emit_two_dots(builder, ir.Constant(vec(I32, lanes), None), ones, x_lo, ones, x_hi)
         if fmt.offset:  # c * sum(x), added to every row's integer dot products
             bias = builder.mul(sums, const(I32, [fmt.offset] * lanes))
         elif fmt.offset is None:  # s_x per lane, times every row's m
