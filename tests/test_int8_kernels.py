@@ -156,9 +156,14 @@ def test_no_integer_path_without_avx2(monkeypatch, converted):
 HASWELL = "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
 
 
+# 256-bit vpdpbusd as this host can run it: VEX-encoded (AVX-VNNI: Alder Lake, Zen 5) or EVEX-encoded (AVX-512 VNNI
+# and VL on a Haswell base: Zen 4 has no AVX-VNNI, and the VEX form raised SIGILL there).
+VNNI_256 = (("alderlake", HASWELL + ",+avxvnni") if "avxvnni" in int8_dot.compile_features()
+            else ("haswell", HASWELL + ",+avx512f,+avx512vl,+avx512vnni"))
+
+
 @pytest.mark.skipif(int8_dot.ISA not in ("avx512vnni", "avxvnni"), reason="needs a CPU with VNNI to emulate")
-@pytest.mark.parametrize("cpu, features, isa", [("haswell", HASWELL, "avx2"),
-                                                ("alderlake", HASWELL + ",+avxvnni", "avxvnni")])
+@pytest.mark.parametrize("cpu, features, isa", [("haswell", HASWELL, "avx2"), (*VNNI_256, "avxvnni")])
 def test_other_instruction_sets(tmp_path, cpu, features, isa):
     """This file's kernel tests again, with the kernels compiled for an AVX2 / AVX-VNNI CPU."""
     env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features,
