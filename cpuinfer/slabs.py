@@ -59,9 +59,15 @@ class Extent:
         return aligned(self.lead + self.nbytes)
 
     def view(self, slab: np.ndarray, base: int = 0) -> np.ndarray:
-        """The array, as a view of the slab whose byte `base` this extent's slab_offset counts from."""
+        """The array, as a read-only view of the slab whose byte `base` this extent's slab_offset counts from.
+
+        Read-only as the mapping's views are, so the kernels run the same compiled specialization (numba
+        compiles one per array type) on both: the logits of a budgeted model are those of the mapping.
+        """
         start = base + self.slab_offset + self.lead
-        return slab[start:start + self.nbytes].view(self.mapped.dtype).reshape(self.mapped.shape)
+        view = slab[start:start + self.nbytes].view(self.mapped.dtype).reshape(self.mapped.shape)
+        view.flags.writeable = False
+        return view
 
 
 def aligned(n: int) -> int:
