@@ -104,7 +104,7 @@ def test_matvec_int8(qtype, make):
     for rows in (1, 3, 5, 33):
         for k in lengths:
             w = make(qtype, rows, k, rng)
-            for tokens in (1, 3):
+            for tokens in (1, 3, 4, 6):  # a step of 4, 2 and 1 tokens at once
                 x = activations(rng, (tokens, k))
                 out = np.full((tokens, rows), np.nan, dtype=np.float32)
                 kernel(w, x, out)
