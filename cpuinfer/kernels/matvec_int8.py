@@ -239,6 +239,7 @@ def _prefetch_ahead(w, r, c, steps):
 
 @njit(inline="always")
 def _rows_of_blocks(w, r, xq, xd, xs, t, out, kind, nrows, ntok):
+    # xs goes unused: the two families share _all_rows' signature
     acc = _zeros(nrows, ntok)
     nb = xd.shape[1]
     n = BLOCKS_PER_STEP
