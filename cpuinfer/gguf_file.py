@@ -216,14 +216,17 @@ class GGUFFile:
         """The tensor as uint8 rows: shape (*shape[:-1], bytes per row), zero-copy."""
         return self.raw(info).reshape(*info.shape[:-1], -1)
 
-    def release(self, start: int, stop: int) -> None:
-        """Drop the pages that lie wholly inside bytes [start, stop) from this mapping (MADV_DONTNEED) and
-        from the page cache (POSIX_FADV_DONTNEED), so they hold no memory until read again."""
+    def release(self, start: int, stop: int, page_cache: bool = True) -> None:
+        """Drop the pages that lie wholly inside bytes [start, stop) from this mapping (MADV_DONTNEED) and,
+        with `page_cache`, from the page cache (POSIX_FADV_DONTNEED), so they hold no memory until read
+        again. Without it they leave only this process's resident set."""
         page = mmap.PAGESIZE
         first, last = -(-start // page) * page, stop // page * page
         if last <= first:
             return
         self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+        if not page_cache:
+            return
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, first, last - first, os.POSIX_FADV_DONTNEED)

@@ -83,8 +83,19 @@ def plan_types(source: Source, type_name: str, imatrix: Imatrix | None = None,
         else:
             importance = _importance(imatrix, t) if imatrix is not None else None
             chunks = functools.partial(converted_chunks, t, chosen, importance, rounding)
-        plan.append(OutTensor(t.name, t.shape, chosen, chunks))
+        plan.append(OutTensor(t.name, t.shape, chosen, _releasing(chunks, t.release)))
     return plan
+
+
+def _releasing(chunks, release):
+    """chunks(), then release() once the last chunk is taken: the source's bytes leave memory as it is written."""
+    if release is None:
+        return chunks
+
+    def run():
+        yield from chunks()
+        release()
+    return run
 
 
 def _importance(imatrix: Imatrix, t: SourceTensor) -> np.ndarray | None:

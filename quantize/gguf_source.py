@@ -71,8 +71,9 @@ def _stacked(g: GGUFFile, prefix: str, experts: dict[int, TensorInfo]) -> Source
         raise CpuinferError(f"{g.path}: the per-expert tensors {prefix}.E.weight are not experts 0 ... "
                             f"{len(experts) - 1} of one 2-D shape (experts {sorted(experts)}, "
                             f"shapes {sorted(map(list, shapes))})")
-    parts = [_tensor(g, experts[e]).parts[0] for e in range(len(experts))]
-    return SourceTensor(prefix + "_exps.weight", (len(experts), *next(iter(shapes))), parts)
+    tensors = [_tensor(g, experts[e]) for e in range(len(experts))]
+    return SourceTensor(prefix + "_exps.weight", (len(experts), *next(iter(shapes))), [t.parts[0] for t in tensors],
+                        release=lambda: [t.release() for t in tensors])
 
 
 def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
@@ -90,9 +91,13 @@ def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
         blocks = blocks.reshape(1, -1)
     stacks = blocks.reshape(-1, *blocks.shape[-2:])
     stored = (qtype, stacks.reshape(-1, stacks.shape[-1]))  # copied as it is when the tensor keeps its type
+
+    def release() -> None:  # from this process only: the page cache keeps the file for the next run
+        g.release(info.offset, info.offset + info.nbytes, page_cache=False)
+
     if views is not None:
         return SourceTensor(info.name, info.shape, [
-            Matrix(w.rows, w.cols, lambda r0, r1, w=w: dequantize_rows(w, r0, r1)) for w in views], stored)
+            Matrix(w.rows, w.cols, lambda r0, r1, w=w: dequantize_rows(w, r0, r1)) for w in views], stored, release)
     cols = info.shape[-1]
 
     def part(rows_bytes: np.ndarray) -> Matrix:
@@ -103,4 +108,4 @@ def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:
                 raise CpuinferError(f"{g.path}: cannot read {qtype.name} tensor {info.name}") from None
         return Matrix(rows_bytes.shape[0], cols, read)
 
-    return SourceTensor(info.name, info.shape, [part(s) for s in stacks], stored)
+    return SourceTensor(info.name, info.shape, [part(s) for s in stacks], stored, release)

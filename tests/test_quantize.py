@@ -388,6 +388,24 @@ def test_gguf_input_requantized(converted, tmp_path):
     assert filecmp.cmp(again, converted("mixtral", "q4_0"), shallow=False)
 
 
+def test_gguf_input_leaves_memory_as_it_is_written(converted, tmp_path, monkeypatch):
+    """Every tensor of a mapped GGUF source, converted or copied, is dropped from the process's mapping once
+    written (the page cache keeps it), so the resident set holds about one tensor of the source at a time."""
+    released = []
+    real = GGUFFile.release
+
+    def record(self, start, stop, page_cache=True):
+        released.append((start, stop, page_cache))
+        real(self, start, stop, page_cache)
+
+    monkeypatch.setattr(GGUFFile, "release", record)
+    src = converted("mixtral", "q4_0")
+    quantize.convert(src, tmp_path / "mixed.gguf", "q4_k_m")  # some tensors converted, some copied
+    ranges = {(t.offset, t.offset + t.nbytes) for t in GGUFFile(src).tensors.values()}
+    assert {(a, b) for a, b, _ in released} == ranges
+    assert not any(cached for _, _, cached in released)
+
+
 def one_tensor_gguf(path, x: np.ndarray):
     """A GGUF file holding x as the float32 tensor "edge.weight"."""
     w = gguf.GGUFWriter(path, "llama")
