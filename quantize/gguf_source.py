@@ -72,8 +72,13 @@ def _stacked(g: GGUFFile, prefix: str, experts: dict[int, TensorInfo]) -> Source
                             f"{len(experts) - 1} of one 2-D shape (experts {sorted(experts)}, "
                             f"shapes {sorted(map(list, shapes))})")
     tensors = [_tensor(g, experts[e]) for e in range(len(experts))]
+
+    def release() -> None:
+        for t in tensors:
+            t.release()
+
     return SourceTensor(prefix + "_exps.weight", (len(experts), *next(iter(shapes))), [t.parts[0] for t in tensors],
-                        release=lambda: [t.release() for t in tensors])
+                        release=release)
 
 
 def _tensor(g: GGUFFile, info: TensorInfo) -> SourceTensor:

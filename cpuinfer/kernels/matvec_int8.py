@@ -31,7 +31,9 @@ Measured on Zen 4 (one thread, matrices streamed from DRAM), against
 prefetching the next group's rows at the step's own columns (which left the
 tail blocks of every row to a demand miss): Q8_0 1536x576 8 -> 21-28 GB/s,
 14336x4096 16 -> 18-20; Q4_0 15 -> 17-23; SmolLM2 Q8_0 decode 53 -> 108
-tokens/s. 8 KiB ahead beat 4 and 16 on the 7B shape and on SmolLM2.
+tokens/s. 8 KiB ahead: on the 7B shape (one thread, Q4_0) 4.6 t/s against
+3.5-3.7 for 4 KiB and 4.5 for 16; on SmolLM2 the three were within the noise,
+and min(8 KiB, the group's bytes) cost Q8_0 decode 104-120 -> 80-82 t/s.
 Measured on AVX-512 (Zen 5), 14336x4096, one thread: Q4_0 28-29 GB/s against
 16-19 for one block per step with 8 float lanes.
 """
