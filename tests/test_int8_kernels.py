@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 from gguf import GGMLQuantizationType as QT
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import quantize
@@ -93,6 +94,23 @@ def test_quantize_rows_k():
     np.testing.assert_array_equal(xq * np.repeat(d, 256, axis=1).astype(np.float64), q8_k_activations(x))
     assert np.array_equal(xb, xq.reshape(3, 32, 16).sum(axis=2))
     assert np.abs(xq).max() == 127
+
+
+@njit(fastmath=True)
+def _quantize_in_fastmath_kernel(x, xq, xd, xb):  # as the matvec kernels call it
+    quantize_rows_k(x, 0, x.shape[0], xq, xd, xb)
+
+
+def test_quantize_rows_k_rounds_alike_in_a_fastmath_kernel():
+    """A tie: -2202.1177 * (1 / (2228.4377 / 127)) rounds to -125, as gguf's Q8_0 rounding does, where fast
+    math (x * (127 / max)) once gave -126."""
+    x = np.zeros((1, 256), np.float32)
+    x[0, 0], x[0, 43] = -2228.4377, -2202.1177
+    xq, xd, xb = np.zeros((1, 256), np.int8), np.zeros((1, 1), np.float32), np.zeros((1, 16), np.int16)
+    _quantize_in_fastmath_kernel(x, xq, xd, xb)
+    assert xd[0, 0] == np.float32(2228.4377) / np.float32(127)
+    assert (xq[0, 0], xq[0, 43]) == (-127, -125)
+    np.testing.assert_array_equal(xq * xd[0, 0].astype(np.float64), q8_k_activations(x))
 
 
 @pytest.mark.parametrize("make", [weights, extreme_weights], ids=["random", "extreme"])

@@ -17,8 +17,8 @@ one instruction.
 
 One block is one intrinsic of vector instructions: as a numba loop, the max
 reduction stayed scalar (0.4 G values/s here; this runs at several G/s).
-No fast-math flags but `nnan` on the max: they would turn x / d into
-x * (1/d) and change roundings.
+No fast-math flags but `nnan` on the max, even in a fastmath caller
+(see EXACT): they would turn x / d into x * (1/d) and change roundings.
 """
 
 from llvmlite import ir
@@ -29,6 +29,11 @@ from .int8_dot import F32, I8, I16, I32, call, const, is_contiguous, pointer, sh
 
 QK = 32  # values per activation block (Q8_0)
 QK_K = 256  # values per activation block for the K-quants (Q8_K)
+# The flag of every rounding step. Numba compiles these functions with their caller's fastmath
+# (Flags.inherit_if_not_set), and its pass gives fast flags only to instructions that have none; nsz changes
+# nothing here (d >= +0). Without it, inside the fastmath matvec d = max * (1/127) and inv = 127 / max: one ulp
+# off, and ties such as -2202.1177 / (2228.4377 / 127) = -125.5 rounded to -126.
+EXACT = ("nsz",)
 
 
 def _round_half_away(builder, v):
@@ -36,8 +41,8 @@ def _round_half_away(builder, v):
     t, n = v.type, v.type.count
     a = call(builder, f"llvm.fabs.v{n}f32", t, [v])
     whole = call(builder, f"llvm.floor.v{n}f32", t, [a])
-    frac2 = builder.fmul(builder.fsub(a, whole), const(F32, [2.0] * n))
-    rounded = builder.fadd(whole, call(builder, f"llvm.floor.v{n}f32", t, [frac2]))
+    frac2 = builder.fmul(builder.fsub(a, whole, flags=EXACT), const(F32, [2.0] * n), flags=EXACT)
+    rounded = builder.fadd(whole, call(builder, f"llvm.floor.v{n}f32", t, [frac2]), flags=EXACT)
     return call(builder, f"llvm.copysign.v{n}f32", t, [rounded, v])
 
 
@@ -68,16 +73,16 @@ def _quantize_block(typingctx, x, xq, xd, xs, t, b, n):
         amax = call(builder, f"llvm.vector.reduce.fmax.v{size}f32", F32,
                     [call(builder, f"llvm.fabs.v{size}f32", v.type, [v])],
                     fastmath=("nnan",))  # a tree of vmaxps instead of a serial NaN-checking chain
-        d = builder.fdiv(amax, ir.Constant(F32, 127.0))
+        d = builder.fdiv(amax, ir.Constant(F32, 127.0), flags=EXACT)
         zero = ir.Constant(F32, 0.0)
-        inv = builder.select(builder.fcmp_ordered("==", d, zero), zero, builder.fdiv(ir.Constant(F32, 1.0), d))
-        q = builder.fptosi(_round_half_away(builder, builder.fmul(v, splat(builder, inv, size))), vec(I8, size))
+        inv = builder.select(builder.fcmp_ordered("==", d, zero), zero, builder.fdiv(ir.Constant(F32, 1.0), d, flags=EXACT))
+        q = builder.fptosi(_round_half_away(builder, builder.fmul(v, splat(builder, inv, size), flags=EXACT)), vec(I8, size))
         builder.store(q, pointer(context, builder, tq, xq, [t, start], vec(I8, size)), align=1)
         builder.store(d, pointer(context, builder, td, xd, [t, b], F32))
         sums = _sums_of_16(builder, builder.sext(q, vec(I32, size)))
         first = builder.mul(b, ir.Constant(b.type, size // 16))
         if scaled_sums:
-            out = builder.fmul(builder.sitofp(sums, vec(F32, size // 16)), splat(builder, d, size // 16))
+            out = builder.fmul(builder.sitofp(sums, vec(F32, size // 16)), splat(builder, d, size // 16), flags=EXACT)
             builder.store(out, pointer(context, builder, ts, xs, [t, first], vec(F32, size // 16)), align=4)
         else:
             builder.store(builder.trunc(sums, vec(I16, size // 16)),
