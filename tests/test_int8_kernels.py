@@ -118,7 +118,8 @@ def test_quantize_rows_k_rounds_alike_in_a_fastmath_kernel():
 def test_matvec_int8(qtype, make):
     rng = np.random.default_rng(17)
     kernel = linear_int8.MATVEC[qtype]
-    lengths = (256, 768) if block_values(qtype) == 256 else (32, 96, 576)
+    # 8192 values and more: a prefetch stream per row (matvec_int8.PER_ROW_PREFETCH)
+    lengths = (256, 768, 8192) if block_values(qtype) == 256 else (32, 96, 576, 8192)
     for rows in (1, 3, 5, 33):
         for k in lengths:
             w = make(qtype, rows, k, rng)

@@ -34,6 +34,14 @@ tail blocks of every row to a demand miss): Q8_0 1536x576 8 -> 21-28 GB/s,
 tokens/s. 8 KiB ahead: on the 7B shape (one thread, Q4_0) 4.6 t/s against
 3.5-3.7 for 4 KiB and 4.5 for 16; on SmolLM2 the three were within the noise,
 and min(8 KiB, the group's bytes) cost Q8_0 decode 104-120 -> 80-82 t/s.
+Rows of PER_ROW_PREFETCH values or more (the 7B shape's down projection,
+14336) prefetch instead in one stream per row, 2 KiB ahead of each. Measured
+(Zen 4, two threads, four copies streamed from DRAM, best of 15, one process):
+4096x14336 Q4_0 28 -> 35 GB/s, Q6_K 27 -> 34, Q4_K 27 -> 32, Q8_0 30 -> 33,
+4096-value rows unchanged; a sweep far enough ahead to cover the group's last
+row from the start did not help (a pure read of the same pattern gained, the
+kernel did not). Per-row streams lose on 4096-value rows (Q4_0 14336x4096 44
+-> 28 GB/s) and did not win on 5760-value Q8_0 rows (31 -> 29).
 Measured on AVX-512 (Zen 5), 14336x4096, one thread: Q4_0 28-29 GB/s against
 16-19 for one block per step with 8 float lanes.
 """
@@ -59,6 +67,7 @@ KINDS = {"q8_0": blocks.Q8_0, "q4_0": blocks.Q4_0, "q4_1": blocks.Q4_1, "q5_0": 
 BLOCKS_PER_STEP = 4 if WIDEST == 64 else 2
 LANES = 4 * BLOCKS_PER_STEP  # float32 partial sums per row: a register
 PREFETCH_AHEAD = 8192  # bytes; see the module docstring
+PER_ROW_PREFETCH = 8192  # values per row from which each row has its own prefetch stream; see the module docstring
 
 
 def _literals(*values) -> bool:
@@ -230,9 +239,9 @@ def _store_sums(typingctx, acc, out, t, r, nrows):
 
 
 @njit(inline="always")
-def _prefetch_ahead(w, r, c, steps):
-    """Step c of `steps` over the group of rows r..r+3: prefetch its share of the bytes PREFETCH_AHEAD past the
-    group's (the group's rows are contiguous, so the sweep covers every byte, the tail blocks too)."""
+def _prefetch_group(w, r, c, steps):
+    """Step c of `steps` over the group of rows r..r+3: prefetch its share of the group's bytes PREFETCH_AHEAD
+    further on (the group's rows are contiguous, so one linear sweep covers every byte, the tail blocks too)."""
     span = -(-4 * w.shape[1] // steps)
     start = r * w.shape[1] + PREFETCH_AHEAD + c * span
     for p in range(0, span, 64):
@@ -240,13 +249,24 @@ def _prefetch_ahead(w, r, c, steps):
 
 
 @njit(inline="always")
-def _rows_of_blocks(w, r, xq, xd, xs, t, out, kind, nrows, ntok):
-    # xs goes unused: the two families share _all_rows' signature
-    acc = _zeros(nrows, ntok)
+def _prefetch_rows(w, r, c, steps):
+    """As _prefetch_group, in four streams, each a quarter of PREFETCH_AHEAD ahead of its row's reads and
+    running on into the same row of the next group."""
+    n = w.shape[1]
+    span = -(-n // steps)
+    p = (c * span + PREFETCH_AHEAD // 4 + 63) & ~63
+    while p < (c + 1) * span + PREFETCH_AHEAD // 4:
+        for i in range(4):
+            prefetch(w, U(0), U((r + i) * n + p if p < n else (r + i + 3) * n + p))
+        p += 64
+
+
+@njit(inline="always")
+def _block_steps(acc, w, r, xq, xd, t, kind, ntok, prefetch_ahead):
     nb = xd.shape[1]
     n = BLOCKS_PER_STEP
     for c in range(nb // n):
-        _prefetch_ahead(w, r, c, nb // n)
+        prefetch_ahead(w, r, c, nb // n)
         acc = _blocks_step(acc, w, r, c * n, xq, xd, t, kind, BLOCKS_PER_STEP, ntok)
     b = nb - nb % n
     if n == 4 and nb - b >= 2:
@@ -254,15 +274,37 @@ def _rows_of_blocks(w, r, xq, xd, xs, t, out, kind, nrows, ntok):
         b += 2
     if b < nb:
         acc = _blocks_step(acc, w, r, b, xq, xd, t, kind, 1, ntok)
+    return acc
+
+
+@njit(inline="always")
+def _superblock_steps(acc, w, r, xq, xd, xb, t, kind, ntok, prefetch_ahead):
+    for c in range(xd.shape[1]):
+        prefetch_ahead(w, r, c, xd.shape[1])
+        acc = _superblock_step(acc, w, r, c, xq, xd, xb, t, kind, ntok)
+    return acc
+
+
+# The loops differ only in their prefetch, chosen once per group: choosing per step (a loop over 1 or 4
+# streams) cost Q4_K 14336x4096 36 -> 32 GB/s, 4096x4096 37 -> 32.
+@njit(inline="always")
+def _rows_of_blocks(w, r, xq, xd, xs, t, out, kind, nrows, ntok):
+    # xs goes unused: the two families share _all_rows' signature
+    acc = _zeros(nrows, ntok)
+    if xq.shape[1] >= PER_ROW_PREFETCH:
+        acc = _block_steps(acc, w, r, xq, xd, t, kind, ntok, _prefetch_rows)
+    else:
+        acc = _block_steps(acc, w, r, xq, xd, t, kind, ntok, _prefetch_group)
     _store_sums(acc, out, t, r, nrows)
 
 
 @njit(inline="always")
 def _rows_of_superblocks(w, r, xq, xd, xb, t, out, kind, nrows, ntok):
     acc = _zeros(nrows, ntok)
-    for c in range(xd.shape[1]):
-        _prefetch_ahead(w, r, c, xd.shape[1])
-        acc = _superblock_step(acc, w, r, c, xq, xd, xb, t, kind, ntok)
+    if xq.shape[1] >= PER_ROW_PREFETCH:
+        acc = _superblock_steps(acc, w, r, xq, xd, xb, t, kind, ntok, _prefetch_rows)
+    else:
+        acc = _superblock_steps(acc, w, r, xq, xd, xb, t, kind, ntok, _prefetch_group)
     _store_sums(acc, out, t, r, nrows)
 
 
