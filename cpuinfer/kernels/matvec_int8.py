@@ -136,26 +136,24 @@ def _blocks_step(typingctx, acc, w, r, b, xq, xd, t, kind, n, ntok):
                 else:  # s_x per lane, times every row's m
                     extra = builder.fmul(builder.sitofp(sums, vec(F32, lanes)),
                                          shuffle(builder, dx, None, per_lane), flags=FAST)
-            activations.append((x_lo, x_hi, dx, extra))
+            activations.append((x_lo, x_hi, shuffle(builder, dx, None, per_lane), extra))
         col = builder.mul(b, ir.Constant(intp, fmt.bytes))
         sums = [None] * (tokens * nrows)
         for i, p in enumerate(_row_pointers(context, builder, tw, w, r, col, nrows)):
             ps = [builder.gep(p, [ir.Constant(I32, k * fmt.bytes)]) for k in range(n_blocks)] * (width // n_blocks)
             lo, hi = fmt.halves(builder, ps)
             dm = fmt.scales(builder, ps)  # d0 m0 d1 m1 ...
-            dw = shuffle(builder, dm, None, range(0, 2 * width, 2))
+            dw = shuffle(builder, dm, None, [2 * block for block in per_lane])
             if fmt.offset is None:
-                m = shuffle(builder, dm, None, [2 * (lane // 4) + 1 for lane in range(lanes)])
+                m = shuffle(builder, dm, None, [2 * block + 1 for block in per_lane])
             for k, (x_lo, x_hi, dx, extra) in enumerate(activations):
-                zero = ir.Constant(vec(I32, lanes), None)
+                # c * sum(x) starts the integer sums: the dot products add to it
+                start = extra if fmt.offset else ir.Constant(vec(I32, lanes), None)
                 if fmt.signed:
-                    dots = emit_signed_dot(builder, emit_signed_dot(builder, zero, lo, x_lo), hi, x_hi)
+                    dots = emit_signed_dot(builder, emit_signed_dot(builder, start, lo, x_lo), hi, x_hi)
                 else:
-                    dots = emit_two_dots(builder, zero, lo, x_lo, hi, x_hi)
-                if fmt.offset:
-                    dots = builder.add(dots, extra)
-                d = builder.fmul(dw, dx, flags=FAST)
-                row = builder.fmul(builder.sitofp(dots, vec(F32, lanes)), shuffle(builder, d, None, per_lane),
+                    dots = emit_two_dots(builder, start, lo, x_lo, hi, x_hi)
+                row = builder.fmul(builder.sitofp(dots, vec(F32, lanes)), builder.fmul(dw, dx, flags=FAST),
                                    flags=FAST)
                 if fmt.offset is None:
                     row = builder.fadd(row, builder.fmul(m, extra, flags=FAST), flags=FAST)
