@@ -6,6 +6,7 @@ one with a chat template that raises, for disconnects and shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -23,6 +24,8 @@ import cpuinfer
 from cpuinfer.generation import Reply
 from cpuinfer.sampler import Sampler, SamplerSettings
 from cpuinfer.serve.json_mode import JsonState
+from cpuinfer.serve.requests import GenerationRequest
+from cpuinfer.serve.scheduler import GenerationJob, Scheduler
 
 KEY = "test-key"
 CTX = 1024
@@ -206,6 +209,29 @@ def test_concurrent_requests_all_finish_and_share_steps(server):
     assert stats["max_batch"] >= 2
     assert stats["batched_decode_steps"] - before["batched_decode_steps"] >= max(r.usage.completion_tokens
                                                                                   for r in replies)
+
+
+def test_requests_that_arrive_together_start_in_one_step(model, monkeypatch):
+    """Parallel calls reaching an idle server a few ms apart have their prompts run in one step, not one by one."""
+    steps: list[int] = []
+    forward_batch = model.forward_batch
+    monkeypatch.setattr(model, "forward_batch",
+                        lambda work, *a, **k: steps.append(len(work)) or forward_batch(work, *a, **k))
+    scheduler, loop = Scheduler(model, parallel=4, n_ctx=CTX), asyncio.new_event_loop()
+    scheduler.start()
+    ids = model.tokenizer.encode("Once upon a time")
+    try:
+        for _ in range(3):
+            scheduler.submit(GenerationJob(loop, GenerationRequest(prompt=ids, max_tokens=2, ignore_eos=True), ids))
+            time.sleep(0.005)
+        deadline = time.monotonic() + 60
+        while scheduler.stats.requests_done < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.shutdown()
+        loop.close()
+    assert scheduler.stats.requests_done == 3
+    assert steps == [3, 3]
 
 
 MESSAGE = {"messages": USER}
