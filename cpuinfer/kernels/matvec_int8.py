@@ -123,7 +123,7 @@ def _blocks_step(typingctx, acc, w, r, b, xq, xd, t, kind, n, ntok):
             x = builder.load(pointer(context, builder, tq, xq, [tk, builder.mul(b, ir.Constant(intp, QK))],
                                      vec(I8, QK * n_blocks)), align=1)
             dx = builder.load(pointer(context, builder, td, xd, [tk, b], vec(F32, n_blocks)), align=4)
-            x, dx = widen(builder, x, QK * width), widen(builder, dx, width)
+            x, dx = widen(builder, x, QK * width), shuffle(builder, widen(builder, dx, width), None, per_lane)
             # The activations in the order of the codes' halves: values 0-15 of every block, then 16-31.
             x_lo = shuffle(builder, x, None, [QK * (j // 16) + j % 16 for j in range(16 * width)])
             x_hi = shuffle(builder, x, None, [QK * (j // 16) + 16 + j % 16 for j in range(16 * width)])
@@ -134,9 +134,8 @@ def _blocks_step(typingctx, acc, w, r, b, xq, xd, t, kind, n, ntok):
                 if fmt.offset:  # c * sum(x), added to every row's integer dot products
                     extra = builder.mul(sums, const(I32, [fmt.offset] * lanes))
                 else:  # s_x per lane, times every row's m
-                    extra = builder.fmul(builder.sitofp(sums, vec(F32, lanes)),
-                                         shuffle(builder, dx, None, per_lane), flags=FAST)
-            activations.append((x_lo, x_hi, shuffle(builder, dx, None, per_lane), extra))
+                    extra = builder.fmul(builder.sitofp(sums, vec(F32, lanes)), dx, flags=FAST)
+            activations.append((x_lo, x_hi, dx, extra))
         col = builder.mul(b, ir.Constant(intp, fmt.bytes))
         sums = [None] * (tokens * nrows)
         for i, p in enumerate(_row_pointers(context, builder, tw, w, r, col, nrows)):

@@ -6,6 +6,8 @@ decoding sequence plus prompt chunks of newly admitted ones, up to
 streams and a long prompt is read chunk by chunk between their tokens instead
 of freezing them. Up to `parallel` sequences run at once, each with a KV cache
 of its own (kept in a pool and reused); later requests wait in order.
+An idle scheduler waits GATHER_S for requests that arrive together, so that
+their prompts share the first step.
 Embedding requests are served between steps, a step's worth of tokens at a
 time.
 
@@ -152,7 +154,7 @@ class Scheduler:
             with self._cond:
                 while not (self._stopping or self._waiting or self._active or self._embeddings):
                     self._cond.wait()
-                if self._waiting and not self._active and not self._stopping and len(self._waiting) < self.parallel:
+                if self._waiting and not self._active:
                     self._cond.wait_for(lambda: self._stopping or len(self._waiting) >= self.parallel, GATHER_S)
                 if self._stopping:
                     return
