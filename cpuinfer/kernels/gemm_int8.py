@@ -3,9 +3,10 @@
 The activations arrive quantized per 32 values (q8_activations.quantize_rows),
 for every weight type. The weights are read a microtile of ROWS rows at a time
 and converted, once per call, into an interleaved tile that every token of the
-chunk then reuses: (K/32) groups of 1280 bytes (1536 for types with 16-value
-sub-blocks), 160-192 KiB at K = 4096, so the tile stays in L2 and nothing the
-size of the model is ever copied. Per 32 values of the K axis the tile holds,
+chunk then reuses (16 rows at a time, transposed in registers: _pack_panel):
+(K/32) groups of 1280 bytes (1536 for types with 16-value sub-blocks),
+160-192 KiB at K = 4096, so the tile stays in L2 and nothing the size of
+the model is ever copied. Per 32 values of the K axis the tile holds,
 for each of the type's 1 or 2 sub-blocks,
   d[ROWS] float32 | m[ROWS] float32,
 then 8 steps x PANELS x 64 bytes of u, where step s of panel p holds bytes
@@ -25,8 +26,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .int8_dot import (F32, FAST, I8, I32, ISA, Vector, const, emit_dot, emit_signed_dot, is_contiguous, pointer,
-                       shuffle, splat, vec)
+from .int8_dot import (F32, FAST, I8, I32, ISA, Vector, concat, const, emit_dot, emit_signed_dot, is_contiguous, part,
+                       pointer, shuffle, splat, vec)
 from .int8_kquants import SuperBlocks
 from .matvec import U
 from .matvec_int8 import KINDS
@@ -77,6 +78,53 @@ def _tile_pointer(context, builder, tile_type, tile, offset, element):
     return pointer(context, builder, tile_type, tile, [offset], element)
 
 
+def _decoded(builder, fmt, p, groups: int):
+    """Chunk p of a row as the tile wants it: per group, its codes (<8 x i32>, 4 per step) and its (d, m) per
+    sub-block; super-blocks give d and m of all 16 sub-blocks as <16 x float> too."""
+    if groups > 1:
+        sc, mn, d, dm = fmt.scales(builder, p)
+        fd = builder.fmul(builder.sitofp(sc, vec(F32, 16)), splat(builder, d, 16), flags=FAST)
+        fm = builder.fmul(builder.sitofp(mn, vec(F32, 16)), splat(builder, dm, 16), flags=FAST)
+        codes = [builder.bitcast(fmt.codes(builder, p, g), vec(I32, 2 * STEPS)) for g in range(groups // 2)]
+        return [part(builder, codes[g // 2], STEPS * (g % 2), STEPS) for g in range(groups)], (fd, fm)
+    dm = fmt.scales(builder, [p])
+    codes, m = fmt.codes(builder, [p]), builder.extract_element(dm, ir.Constant(I32, 1))
+    if _signed(fmt):
+        codes, m = builder.xor(codes, const(I8, [-128] * QK)), ir.Constant(F32, 0.0)
+    return [builder.bitcast(codes, vec(I32, STEPS))], (builder.extract_element(dm, ir.Constant(I32, 0)), m)
+
+
+def _transpose(builder, rows: list) -> list:
+    """LANES vectors of n elements (n = 8 or 16) -> n vectors of LANES: element s of vector r becomes element
+    r of vector s. In log2(n) rounds of two-vector shuffles (vpermt2d), each pairing vectors whose elements
+    differ in one bit of s, instead of one insert per element."""
+    n = rows[0].type.count
+    k = LANES // n  # rows per vector to start with
+    vecs = [concat(builder, [rows[j + n * i] for i in range(k)]) if k > 1 else rows[j] for j in range(n)]
+    labels = [[(j + n * i, s) for i in range(k) for s in range(n)] for j in range(n)]
+    for bit in range(n.bit_length() - 1):
+        new_vecs, new_labels = list(vecs), list(labels)
+        for i in range(n):
+            if i >> bit & 1:
+                continue
+            j = i | 1 << bit
+            both = labels[i] + labels[j]
+            for out, value in ((i, 0), (j, 1)):
+                picked = sorted((q for q, (_, s) in enumerate(both) if s >> bit & 1 == value), key=lambda q: both[q])
+                new_vecs[out] = shuffle(builder, vecs[i], vecs[j], picked)
+                new_labels[out] = [both[q] for q in picked]
+        vecs, labels = new_vecs, new_labels
+    return vecs
+
+
+def _gather(builder, values: list):
+    """Scalars as one vector."""
+    v = ir.Constant(vec(values[0].type, len(values)), None)
+    for i, x in enumerate(values):
+        v = builder.insert_element(v, x, ir.Constant(I32, i))
+    return v
+
+
 @intrinsic
 def _pack(typingctx, tile, w, row, i, c, kind):
     """Chunk c of weight row `row` (one block, or one super-block of 8 groups) as row i of the tile."""
@@ -84,8 +132,7 @@ def _pack(typingctx, tile, w, row, i, c, kind):
         return None
     name = kind.literal_value
     fmt, nsub, gbytes = KINDS[name], sub_blocks(name), group_bytes(name)
-    superblock = isinstance(fmt, SuperBlocks)
-    groups = 8 if superblock else 1
+    groups = 8 if isinstance(fmt, SuperBlocks) else 1
 
     def codegen(context, builder, signature, args):
         tile, w, row, i, c = args[:5]
@@ -95,39 +142,67 @@ def _pack(typingctx, tile, w, row, i, c, kind):
         first = builder.mul(c, ir.Constant(intp, groups * gbytes))  # tile offset of the chunk's first group
         lane = builder.add(builder.mul(builder.udiv(i, ir.Constant(intp, LANES)), ir.Constant(intp, 64)),
                            builder.mul(builder.urem(i, ir.Constant(intp, LANES)), ir.Constant(intp, 4)))
-        if superblock:
-            sc, mn, d, dm = fmt.scales(builder, p)
-            fd = builder.fmul(builder.sitofp(sc, vec(F32, 16)), splat(builder, d, 16), flags=FAST)
-            fm = builder.fmul(builder.sitofp(mn, vec(F32, 16)), splat(builder, dm, 16), flags=FAST)
-            codes = [fmt.codes(builder, p, g // 2) for g in range(0, groups, 2)]
-            codes = [shuffle(builder, codes[g // 2], None, range(32 * (g % 2), 32 * (g % 2) + 32))
-                     for g in range(groups)]
-            scales = [[(builder.extract_element(fd, ir.Constant(I32, (32 * g + 16 * s) // 16)),
-                        builder.extract_element(fm, ir.Constant(I32, (32 * g + 16 * s) // 16)))
-                       for s in range(nsub)] for g in range(groups)]
-        else:
-            dm = fmt.scales(builder, [p])
-            codes = [fmt.codes(builder, [p])]
-            m_value = builder.extract_element(dm, ir.Constant(I32, 1))
-            if _signed(fmt):
-                codes = [builder.xor(codes[0], const(I8, [-128] * QK))]
-                m_value = ir.Constant(F32, 0.0)
-            scales = [[(builder.extract_element(dm, ir.Constant(I32, 0)), m_value)]]
+        codes, scales = _decoded(builder, fmt, p, groups)
         for g in range(groups):
             base = builder.add(first, ir.Constant(intp, g * gbytes))
-            for s, (d_value, m_value) in enumerate(scales[g]):
-                for k, value in enumerate((d_value, m_value)):
+            for s in range(nsub):
+                for k in range(2):
+                    value = builder.extract_element(scales[k], ir.Constant(I32, 2 * g + s)) if groups > 1 \
+                        else scales[k]
                     at = builder.add(base, builder.add(ir.Constant(intp, (2 * s + k) * 4 * ROWS),
                                                        builder.mul(i, ir.Constant(intp, 4))))
                     builder.store(value, _tile_pointer(context, builder, tt, tile, at, F32), align=4)
-            words = builder.bitcast(codes[g], vec(I32, STEPS))
             for step in range(STEPS):
                 at = builder.add(base, builder.add(lane, ir.Constant(intp, 8 * ROWS * nsub + step * 64 * PANELS)))
-                builder.store(builder.extract_element(words, ir.Constant(I32, step)),
+                builder.store(builder.extract_element(codes[g], ir.Constant(I32, step)),
                               _tile_pointer(context, builder, tt, tile, at, I32), align=1)
         return context.get_dummy_value()
 
     return types.none(tile, w, row, i, c, kind), codegen
+
+
+@intrinsic
+def _pack_panel(typingctx, tile, w, row, panel, c, kind):
+    """As _pack for the LANES rows row ... row+LANES-1 as panel `panel` of the tile, transposed in registers
+    so that every store is a whole 64-byte line. Measured against packing one row at a time (a 4-byte store
+    per step, ten cache lines touched per block), Xeon with AVX-512 VNNI (480 MB L3), three copies of a
+    14336x4096 Q4_0 matrix in turn, 2 threads: a call of 4 tokens 13.7 -> 3.9 ms, of 128 tokens 29.7 -> 18.8
+    ms (one thread: 27.8 -> 8.4, 57.7 -> 41.3).
+    The rows of a microtile past the matrix's end keep _pack."""
+    if not (isinstance(kind, types.StringLiteral) and is_contiguous(tile) and is_contiguous(w)):
+        return None
+    name = kind.literal_value
+    fmt, nsub, gbytes = KINDS[name], sub_blocks(name), group_bytes(name)
+    groups = 8 if isinstance(fmt, SuperBlocks) else 1
+
+    def codegen(context, builder, signature, args):
+        tile, w, row, panel, c = args[:5]
+        tt, tw = signature.args[:2]
+        intp = row.type
+        col = builder.mul(c, ir.Constant(intp, fmt.bytes))
+        rows = [_decoded(builder, fmt, pointer(context, builder, tw, w, [builder.add(row, ir.Constant(intp, r)), col],
+                                               I8), groups) for r in range(LANES)]
+        first = builder.mul(c, ir.Constant(intp, groups * gbytes))
+        lanes = builder.mul(panel, ir.Constant(intp, 64))  # byte offset of the panel's 16 rows
+
+        def store(value, offset: int):
+            at = builder.add(builder.add(first, lanes), ir.Constant(intp, offset))
+            builder.store(value, _tile_pointer(context, builder, tt, tile, at, value.type), align=4)
+
+        if groups > 1:
+            per_sub = [_transpose(builder, [scales[k] for _, scales in rows]) for k in range(2)]  # [k][sub-block]
+        for g in range(groups):
+            for s in range(nsub):
+                for k in range(2):
+                    value = per_sub[k][2 * g + s] if groups > 1 else _gather(builder, [sc[k] for _, sc in rows])
+                    store(value, g * gbytes + (2 * s + k) * 4 * ROWS)
+        for g in range(0, groups, 2 if groups > 1 else 1):
+            both = [codes[g] if groups == 1 else concat(builder, [codes[g], codes[g + 1]]) for codes, _ in rows]
+            for k, steps in enumerate(_transpose(builder, both)):  # k: step, or 8 * (second group) + step
+                store(steps, (g + k // STEPS) * gbytes + 8 * ROWS * nsub + (k % STEPS) * 64 * PANELS)
+        return context.get_dummy_value()
+
+    return types.none(tile, w, row, panel, c, kind), codegen
 
 
 # --- the microkernel -------------------------------------------------------------------------
@@ -230,9 +305,14 @@ def _gemm(w, r0, r1, xq, xd, xs, n_tokens, out, tile, kind, nsub, chunk_values):
     part = np.empty((TOKENS, ROWS), dtype=np.float32)
     for m0 in range(r0, r1, ROWS):
         n = min(ROWS, r1 - m0)
-        for i in range(n):
+        if n == ROWS:
             for c in range(xq.shape[1] // chunk_values):
-                _pack(tile, w, m0 + i, i, c, kind)
+                for panel in range(PANELS):
+                    _pack_panel(tile, w, m0 + LANES * panel, panel, c, kind)
+        else:
+            for i in range(n):
+                for c in range(xq.shape[1] // chunk_values):
+                    _pack(tile, w, m0 + i, i, c, kind)
         for i in range(n, ROWS):  # rows past the matrix: d = m = 0, so they add nothing
             for b in range(groups):
                 for k in range(2 * nsub):
