@@ -10,7 +10,8 @@ after each run show that the streams share steps: tokens per decode step is
 about the number of streams when the decode step of all of them is one
 batched forward (Model.forward_batch), 1 if they ran one after the other.
 llama.cpp's llama-server (`-np 4`, the same requests) runs side by side when it
-is on PATH, else it is skipped with a message; `--exact` adds cpuinfer's float
+is on PATH or in `.venv-bench/bin` (`make bench` builds it from the sources of
+the bench's llama-cpp-python), else it is skipped with a message; `--exact` adds cpuinfer's float
 path (`serve --exact`) next to its default integer one.
 
     python -m bench.serve [MODEL.gguf ...] [-n 64] [--streams 1 2 4] [-r 2] [-t THREADS] [--exact]
@@ -139,9 +140,9 @@ def run_model(path: Path | None, args, tmp: Path) -> dict:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     engines = [("cpuinfer", cmd)] + ([("cpuinfer --exact", cmd + ["--exact"])] if args.exact else [])
-    llama_server = shutil.which("llama-server")
+    llama_server = shutil.which("llama-server") or shutil.which("llama-server", path=ROOT / ".venv-bench" / "bin")
     if llama_server is None:
-        print("  llama.cpp: skipped (no llama-server on PATH; llama-cpp-python has no multi-slot server)")
+        print("  llama.cpp: skipped (no llama-server on PATH or in .venv-bench/bin; see `make bench`)")
     elif path is None:
         print("  llama.cpp: skipped (give the default model's path to compare on it)")
     else:
