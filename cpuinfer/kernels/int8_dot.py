@@ -44,6 +44,11 @@ def compile_features() -> frozenset[str]:
     return frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
 
 
+def compile_cpu() -> str:
+    """The CPU numba compiles for: NUMBA_CPU_NAME if set, else the host's (LLVM's name: znver4, sapphirerapids...)."""
+    return config.CPU_NAME or ll.get_host_cpu_name()
+
+
 def choose_isa(features: frozenset[str]) -> str | None:
     """The best integer dot-product instructions among `features` (see the module docstring)."""
     if {"avx512vnni", "avx512bw", "avx512vl"} <= features:

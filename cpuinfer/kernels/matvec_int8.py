@@ -41,7 +41,12 @@ Rows of PER_ROW_PREFETCH values or more (the 7B shape's down projection,
 4096-value rows unchanged; a sweep far enough ahead to cover the group's last
 row from the start did not help (a pure read of the same pattern gained, the
 kernel did not). Per-row streams lose on 4096-value rows (Q4_0 14336x4096 44
--> 28 GB/s) and did not win on 5760-value Q8_0 rows (31 -> 29).
+-> 28 GB/s) and did not win on 5760-value Q8_0 rows (31 -> 29). On Intel
+(a Xeon with AVX-512 VNNI) it is the other way round, so there every row has
+its own stream: 7B-shape matrices streamed from DRAM, Q4_0 14336x4096 one
+thread 9.0 -> 12.7 GB/s, two 16.6 -> 23.9 (a sweep 16 KiB ahead: 10.2, 19.6);
+Q4_K 7.9 -> 10.6, 14.2 -> 20.4; Q6_K 4096x4096 two threads 19.8 -> 24.5;
+SmolLM2's 1536x576 Q8_0 8.3 -> 11.4, 14.3 -> 18.0.
 Measured on AVX-512 (Zen 5), 14336x4096, one thread: Q4_0 28-29 GB/s against
 16-19 for one block per step with 8 float lanes.
 """
@@ -53,8 +58,9 @@ from numba.extending import intrinsic
 
 from . import int8_blocks as blocks
 from . import int8_kquants as kquants
-from .int8_dot import (F32, FAST, I8, I16, I32, WIDEST, Vector, concat, const, emit_dot, emit_madd16,
-                       emit_pair_sums, emit_signed_dot, emit_two_dots, hsum, is_contiguous, part, pointer, shuffle, splat, vec, widen)
+from .int8_dot import (F32, FAST, I8, I16, I32, WIDEST, Vector, compile_cpu, concat, const, emit_dot, emit_madd16,
+                       emit_pair_sums, emit_signed_dot, emit_two_dots, hsum, is_contiguous, part, pointer, shuffle,
+                       splat, vec, widen)
 from .llvm import prefetch
 from .matvec import U
 from .q8_activations import QK, QK_K, quantize_rows, quantize_rows_k
@@ -67,7 +73,9 @@ KINDS = {"q8_0": blocks.Q8_0, "q4_0": blocks.Q4_0, "q4_1": blocks.Q4_1, "q5_0": 
 BLOCKS_PER_STEP = 4 if WIDEST == 64 else 2
 LANES = 4 * BLOCKS_PER_STEP  # float32 partial sums per row: a register
 PREFETCH_AHEAD = 8192  # bytes; see the module docstring
-PER_ROW_PREFETCH = 8192  # values per row from which each row has its own prefetch stream; see the module docstring
+# Values per row from which each row has its own prefetch stream: AMD's long rows only, every row elsewhere (see
+# the module docstring).
+PER_ROW_PREFETCH = 8192 if compile_cpu().startswith(("znver", "bdver", "btver")) else 0
 
 
 def _literals(*values) -> bool:
