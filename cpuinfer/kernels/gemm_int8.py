@@ -125,14 +125,18 @@ def _gather(builder, values: list):
     return v
 
 
+def _layout(kind: str) -> tuple:
+    """(format, sub-blocks per group, tile bytes per group, groups per chunk) of a type's packing."""
+    fmt = KINDS[kind]
+    return fmt, sub_blocks(kind), group_bytes(kind), 8 if isinstance(fmt, SuperBlocks) else 1
+
+
 @intrinsic
 def _pack(typingctx, tile, w, row, i, c, kind):
     """Chunk c of weight row `row` (one block, or one super-block of 8 groups) as row i of the tile."""
     if not (isinstance(kind, types.StringLiteral) and is_contiguous(tile) and is_contiguous(w)):
         return None
-    name = kind.literal_value
-    fmt, nsub, gbytes = KINDS[name], sub_blocks(name), group_bytes(name)
-    groups = 8 if isinstance(fmt, SuperBlocks) else 1
+    fmt, nsub, gbytes, groups = _layout(kind.literal_value)
 
     def codegen(context, builder, signature, args):
         tile, w, row, i, c = args[:5]
@@ -171,9 +175,7 @@ def _pack_panel(typingctx, tile, w, row, panel, c, kind):
     The rows of a microtile past the matrix's end keep _pack."""
     if not (isinstance(kind, types.StringLiteral) and is_contiguous(tile) and is_contiguous(w)):
         return None
-    name = kind.literal_value
-    fmt, nsub, gbytes = KINDS[name], sub_blocks(name), group_bytes(name)
-    groups = 8 if isinstance(fmt, SuperBlocks) else 1
+    fmt, nsub, gbytes, groups = _layout(kind.literal_value)
 
     def codegen(context, builder, signature, args):
         tile, w, row, panel, c = args[:5]
