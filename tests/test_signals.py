@@ -43,9 +43,11 @@ def _partials(folder: Path) -> list[Path]:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_signal_while_converting_removes_the_partial_file(hf_checkpoint, tmp_path, signum):
     out = tmp_path / "m.gguf"
+    # SIGHUP as a terminal delivers it, even when the tests run under nohup (whose ignored SIGHUP the child
+    # would inherit and keep: test_ignored_sighup_stays_ignored)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_QUANTIZE, "quantize", str(hf_checkpoint("mixtral")),
                              "-o", str(out), "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         while not _partials(tmp_path) and proc.poll() is None:
             time.sleep(0.02)
