@@ -9,8 +9,9 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
 # On AMX hosts ggml built natively runs AMX tile code, which faulted in this project's VMs (ldtilecfg: general
 # protection fault, every model, 2026-12-06): built without it there. `make bench LLAMA_NO_AMX=` keeps AMX.
+NO_AMX_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_NO_AMX ?= $(if $(shell grep -m1 -o amx_tile /proc/cpuinfo 2>/dev/null),\
-	-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16')
+	-DCMAKE_C_FLAGS='$(NO_AMX_FLAGS)' -DCMAKE_CXX_FLAGS='$(NO_AMX_FLAGS)')
 # torch is opt-in (make bench BENCH_TORCH=1): without a local CPU wheel pip would fetch a multi-GB CUDA build.
 BENCH_TORCH ?= 0
 

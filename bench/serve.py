@@ -11,8 +11,8 @@ about the number of streams when the decode step of all of them is one
 batched forward (Model.forward_batch), 1 if they ran one after the other.
 llama.cpp's llama-server (`-np 4`, the same requests) runs side by side when it
 is on PATH or in `.venv-bench/bin` (`make bench` builds it from the sources of
-the bench's llama-cpp-python), else it is skipped with a message; `--exact` adds cpuinfer's float
-path (`serve --exact`) next to its default integer one.
+the bench's llama-cpp-python), else it is skipped with a message; `--exact`
+adds cpuinfer's float path (`serve --exact`) next to its default integer one.
 
     python -m bench.serve [MODEL.gguf ...] [-n 64] [--streams 1 2 4] [-r 2] [-t THREADS] [--exact]
     python -m bench.serve /path/mistral-7b-q4_0.gguf -n 16 -r 1

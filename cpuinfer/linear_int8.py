@@ -30,8 +30,9 @@ TYPES = frozenset(KIND)
 
 # Batches up to this many rows run through the matvec kernels, whose cost grows with the rows, while the gemm
 # repacks every weight block into its tile once per call. Measured side by side (Xeon, AVX-512 VNNI, 2 threads,
-# copies of each matrix in turn, 100-200 MB, which its 480 MB L3 holds), matvec vs gemm, ms: 7B-shape 14336x4096 Q4_0 4 rows 1.7 vs 3.8, 8 rows 3.1 vs 4.4,
-# 12 rows 4.5 vs 4.4; Q4_K 2.3 vs 3.5, 4.4 vs 3.9; Q8_0 3.3 vs 3.9, 5.0 vs 4.1.
+# copies of each matrix in turn, 100-200 MB, which its 480 MB L3 holds), matvec vs gemm, ms: 7B-shape
+# 14336x4096 Q4_0 4 rows 1.7 vs 3.8, 8 rows 3.1 vs 4.4, 12 rows 4.5 vs 4.4; Q4_K 2.3 vs 3.5, 4.4 vs 3.9;
+# Q8_0 3.3 vs 3.9, 5.0 vs 4.1.
 MATVEC_MAX_ROWS = 4
 
 

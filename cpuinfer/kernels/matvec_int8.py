@@ -256,7 +256,7 @@ def _prefetch_group(w, r, c, steps):
 @njit(inline="always")
 def _prefetch_rows(w, r, c, steps):
     """As _prefetch_group, in four streams, each a quarter of PREFETCH_AHEAD ahead of its row's reads and
-    running on into the same row of the next group."""
+    running on into the same row of the next group (rows shorter than that distance: of a later group)."""
     n = w.shape[1]
     span = -(-n // steps)
     p = (c * span + PREFETCH_AHEAD // 4 + 63) & ~63
